@@ -1,0 +1,183 @@
+// Command tally is the ledger service: serve, migrate, dev and demo.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/tally-ledger/tally/httpapi"
+	"github.com/tally-ledger/tally/postgres"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "tally:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: tally <command>
+
+commands:
+  serve     run the HTTP API (DATABASE_URL, PORT)
+  migrate   apply database migrations (DATABASE_URL)
+  dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
+  demo      load the demo data (DATABASE_URL)
+`
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	log := httpapi.NewLogger(stdout, cfg.logLevel)
+	switch args[0] {
+	case "serve":
+		if cfg.databaseURL == "" {
+			return errors.New("DATABASE_URL is not set")
+		}
+		return serve(ctx, cfg, log, nil)
+	case "migrate":
+		if cfg.databaseURL == "" {
+			return errors.New("DATABASE_URL is not set")
+		}
+		applied, err := postgres.Migrate(ctx, cfg.databaseURL)
+		if err != nil {
+			return err
+		}
+		log.Info("migrations applied", "applied", applied, "schema_version", postgres.SchemaVersion())
+		return nil
+	case "dev":
+		return dev(ctx, cfg, log, stderr)
+	case "demo":
+		if cfg.databaseURL == "" {
+			return errors.New("DATABASE_URL is not set")
+		}
+		return loadDemo(ctx, cfg.databaseURL, log)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+type config struct {
+	databaseURL     string
+	port            string
+	migrateOnStart  bool
+	shutdownDelay   time.Duration
+	shutdownTimeout time.Duration
+	logLevel        slog.Level
+}
+
+func loadConfig(getenv func(string) string) (config, error) {
+	cfg := config{
+		databaseURL:     getenv("DATABASE_URL"),
+		port:            "8000",
+		migrateOnStart:  true,
+		shutdownTimeout: 20 * time.Second,
+	}
+	if p := getenv("PORT"); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			return cfg, fmt.Errorf("PORT %q is not a port number", p)
+		}
+		cfg.port = p
+	}
+	if v := getenv("MIGRATE_ON_START"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return cfg, fmt.Errorf("MIGRATE_ON_START %q is not true or false", v)
+		}
+		cfg.migrateOnStart = b
+	}
+	for _, d := range []struct {
+		name string
+		dest *time.Duration
+	}{{"SHUTDOWN_DELAY", &cfg.shutdownDelay}, {"SHUTDOWN_TIMEOUT", &cfg.shutdownTimeout}} {
+		if v := getenv(d.name); v != "" {
+			parsed, err := time.ParseDuration(v)
+			if err != nil || parsed < 0 {
+				return cfg, fmt.Errorf("%s %q is not a duration such as 5s", d.name, v)
+			}
+			*d.dest = parsed
+		}
+	}
+	if v := getenv("LOG_LEVEL"); v != "" {
+		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
+			return cfg, fmt.Errorf("LOG_LEVEL %q is not debug, info, warn or error", v)
+		}
+	}
+	return cfg, nil
+}
+
+// serve runs the API until ctx ends, then drains: readiness fails first, in-flight requests
+// finish, the pool closes last. If listening is not nil it receives the bound address.
+func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- string) error {
+	if cfg.migrateOnStart {
+		applied, err := postgres.Migrate(ctx, cfg.databaseURL)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if len(applied) > 0 {
+			log.Info("migrations applied", "applied", applied)
+		}
+	}
+	db, err := postgres.Open(ctx, cfg.databaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	health := &httpapi.Health{}
+	srv := &http.Server{
+		Handler:           httpapi.NewServer(db, log, health),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", ":"+cfg.port)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "docs", "/api/docs")
+	if listening != nil {
+		listening <- ln.Addr().String()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	health.ShutDown()
+	time.Sleep(cfg.shutdownDelay)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,262 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Store is what the API needs from the database.
+type Store interface {
+	CreateUser(ctx context.Context, name string) (ledger.User, error)
+	User(ctx context.Context, id int64) (ledger.User, error)
+	UserAt(ctx context.Context, id int64, at time.Time) (ledger.User, error)
+	Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error)
+	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
+	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
+	Ready(ctx context.Context) error
+}
+
+func handleCreateUser(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fields, err := decodeFields(w, r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		name, err := ledger.ParseName(fields["name"])
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		u, err := store.CreateUser(r.Context(), name)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", fmt.Sprintf("/v1/user/%d", u.ID))
+		encode(w, http.StatusCreated, newUserJSON(u))
+	})
+}
+
+// userAt reads the path's user, with the balance at ?date= when it is given.
+func userAt(store Store, r *http.Request) (ledger.User, string, error) {
+	id, err := parseID("id", r.PathValue("id"))
+	if err != nil {
+		return ledger.User{}, "", err
+	}
+	if !r.URL.Query().Has("date") {
+		u, err := store.User(r.Context(), id)
+		return u, "", err
+	}
+	at, err := ledger.ParseTime("date", r.URL.Query().Get("date"))
+	if err != nil {
+		return ledger.User{}, "", err
+	}
+	u, err := store.UserAt(r.Context(), id, at)
+	return u, ledger.FormatTime(at), err
+}
+
+func handleGetUser(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, asOf, err := userAt(store, r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		body := newUserJSON(u)
+		body.AsOf = asOf
+		encode(w, http.StatusOK, body)
+	})
+}
+
+func handleGetBalance(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, asOf, err := userAt(store, r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		encode(w, http.StatusOK, balanceJSON{UserID: u.ID, Balance: u.Balance, AsOf: asOf})
+	})
+}
+
+// parseTransactionRequest validates a transaction body; now bounds how far ahead its
+// timestamp may lie.
+func parseTransactionRequest(fields map[string]string, idempotencyKey string, now time.Time) (ledger.Request, error) {
+	var req ledger.Request
+	uidText := fields["uid"]
+	if idempotencyKey != "" {
+		if uidText != "" && !strings.EqualFold(uidText, idempotencyKey) {
+			return req, ledger.Invalid("uid", "the Idempotency-Key header and the uid field differ; send one, or the same value in both")
+		}
+		uidText = idempotencyKey
+	}
+	var err error
+	if req.UID, err = ledger.ParseUID(uidText); err != nil {
+		return req, err
+	}
+	if req.UserID, err = parseID("user_id", fields["user_id"]); err != nil {
+		return req, err
+	}
+	if req.Type, err = ledger.ParseType(fields["type"]); err != nil {
+		return req, err
+	}
+	if req.Amount, err = ledger.ParseAmount(fields["amount"]); err != nil {
+		return req, err
+	}
+	if text, ok := fields["timestamp"]; ok {
+		at, err := ledger.ParseTime("timestamp", text)
+		if err != nil {
+			return req, err
+		}
+		if at.After(now.Add(ledger.MaxClockSkew)) {
+			return req, ledger.Invalid("timestamp", fmt.Sprintf("timestamp %s is more than %s in the future", ledger.FormatTime(at), ledger.MaxClockSkew))
+		}
+		req.Timestamp = &at
+	}
+	return req, nil
+}
+
+func handleCreateTransaction(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fields, err := decodeFields(w, r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		req, err := parseTransactionRequest(fields, r.Header.Get("Idempotency-Key"), time.Now())
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		out, err := store.Apply(r.Context(), req, renderTransaction)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if out.Replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		contentType := "application/json"
+		if out.Status >= 400 {
+			contentType = "application/problem+json"
+		}
+		writeBody(w, out.Status, contentType, out.Body)
+	})
+}
+
+func handleGetTransaction(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		uid, err := ledger.ParseUID(r.PathValue("uid"))
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		t, err := store.Transaction(r.Context(), uid)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		encode(w, http.StatusOK, newTransactionJSON(t))
+	})
+}
+
+// Page sizes of the history listing.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+func handleListTransactions(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, err := parseHistoryQuery(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		page, next, err := store.History(r.Context(), q)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		body := historyJSON{Items: make([]transactionJSON, 0, len(page))}
+		for _, t := range page {
+			body.Items = append(body.Items, newTransactionJSON(t))
+		}
+		if next != nil {
+			c := encodeCursor(*next)
+			body.NextCursor = &c
+		}
+		encode(w, http.StatusOK, body)
+	})
+}
+
+func parseHistoryQuery(r *http.Request) (ledger.HistoryQuery, error) {
+	q := ledger.HistoryQuery{Limit: defaultPageSize}
+	var err error
+	if q.UserID, err = parseID("id", r.PathValue("id")); err != nil {
+		return q, err
+	}
+	query := r.URL.Query()
+	for _, bound := range []struct {
+		name string
+		dest **time.Time
+	}{{"from", &q.From}, {"to", &q.To}} {
+		if !query.Has(bound.name) {
+			continue
+		}
+		at, err := ledger.ParseTime(bound.name, query.Get(bound.name))
+		if err != nil {
+			return q, err
+		}
+		*bound.dest = &at
+	}
+	if query.Has("limit") {
+		n, err := strconv.Atoi(query.Get("limit"))
+		if err != nil || n < 1 || n > maxPageSize {
+			return q, ledger.Invalid("limit", fmt.Sprintf("limit must be an integer from 1 to %d", maxPageSize))
+		}
+		q.Limit = n
+	}
+	if c := query.Get("cursor"); c != "" {
+		cursor, err := decodeCursor(c)
+		if err != nil {
+			return q, err
+		}
+		q.After = &cursor
+	}
+	return q, nil
+}
+
+// A cursor is opaque to clients: base64url of "<unix microseconds>.<seq>".
+func encodeCursor(c ledger.Cursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", c.Time.UnixMicro(), c.Seq)))
+}
+
+func decodeCursor(s string) (ledger.Cursor, error) {
+	bad := ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return ledger.Cursor{}, bad
+	}
+	micros, seq, ok := strings.Cut(string(raw), ".")
+	if !ok {
+		return ledger.Cursor{}, bad
+	}
+	us, err1 := strconv.ParseInt(micros, 10, 64)
+	n, err2 := strconv.ParseInt(seq, 10, 64)
+	if err1 != nil || err2 != nil {
+		return ledger.Cursor{}, bad
+	}
+	return ledger.Cursor{Time: time.UnixMicro(us).UTC(), Seq: n}, nil
+}

@@ -1,0 +1,30 @@
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+)
+
+// route is one entry of the API; the OpenAPI test walks this list.
+type route struct {
+	method, pattern string
+	handler         http.Handler
+}
+
+// routes is the whole API on one screen.
+func routes(store Store, log *slog.Logger, health *Health) []route {
+	return []route{
+		{"POST", "/v1/user", handleCreateUser(store, log)},
+		{"GET", "/v1/user/{id}", handleGetUser(store, log)},
+		{"GET", "/v1/user/{id}/balance", handleGetBalance(store, log)},
+		{"GET", "/v1/user/{id}/transactions", handleListTransactions(store, log)},
+		{"POST", "/v1/transaction", handleCreateTransaction(store, log)},
+		{"PUT", "/v1/transaction", handleCreateTransaction(store, log)},
+		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
+		{"GET", "/healthz", handleHealthz()},
+		{"GET", "/readyz", handleReadyz(store, health, log)},
+		{"GET", "/api/openapi.json", handleOpenAPI()},
+		{"GET", "/api/docs", handleDocs()},
+		{"GET", "/api/docs/{file}", handleDocs()},
+	}
+}

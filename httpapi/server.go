@@ -1,0 +1,179 @@
+// Package httpapi is tally's HTTP API: routes, handlers, the error table and middleware.
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Health tracks whether the server should receive traffic.
+type Health struct {
+	shuttingDown atomic.Bool
+}
+
+// ShutDown makes /readyz fail so that load balancers stop sending requests.
+func (h *Health) ShutDown() { h.shuttingDown.Store(true) }
+
+// NewServer returns the whole API as one handler.
+func NewServer(store Store, log *slog.Logger, health *Health) http.Handler {
+	mux := http.NewServeMux()
+	allowed := map[string][]string{}
+	for _, rt := range routes(store, log, health) {
+		mux.Handle(rt.method+" "+rt.pattern, rt.handler)
+		allowed[rt.pattern] = append(allowed[rt.pattern], rt.method)
+	}
+	// A known path with another method gets a problem body, not the mux's plain text.
+	for pattern, methods := range allowed {
+		mux.Handle(pattern, methodNotAllowed(methods))
+	}
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status, p := newProblem("not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+"; see /api/docs", "")
+		writeProblem(w, status, p)
+	}))
+	return withRequestLog(log, withRecover(log, mux))
+}
+
+func methodNotAllowed(methods []string) http.Handler {
+	slices.Sort(methods)
+	allow := strings.Join(methods, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		status, p := newProblem(codeMethodNotAllowed, r.Method+" is not allowed here; use "+allow, "")
+		writeProblem(w, status, p)
+	})
+}
+
+func handleHealthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		encode(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+// handleReadyz is ready when the database answers with this binary's schema and the server
+// is not shutting down.
+func handleReadyz(store Store, health *Health, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if health.shuttingDown.Load() {
+			encode(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting down"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := store.Ready(ctx); err != nil {
+			log.WarnContext(r.Context(), "not ready", "error", err)
+			encode(w, http.StatusServiceUnavailable, map[string]string{"status": "database not ready"})
+			return
+		}
+		encode(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+}
+
+type requestIDKey struct{}
+
+// RequestID returns the id of the request being served, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// NewLogger returns a JSON logger that adds the request id to every line logged with a
+// request's context.
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(contextHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})})
+}
+
+type contextHandler struct{ slog.Handler }
+
+func (h contextHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if id := RequestID(ctx); id != "" {
+		rec.AddAttrs(slog.String("request_id", id))
+	}
+	return h.Handler.Handle(ctx, rec)
+}
+
+func (h contextHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return contextHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h contextHandler) WithGroup(name string) slog.Handler {
+	return contextHandler{h.Handler.WithGroup(name)}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// withRequestLog takes the request id from X-Request-ID (or makes one), echoes it, puts it in
+// the context for every log line, and logs one line per request.
+func withRequestLog(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-ID")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-ID", id)
+		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		rec := &statusRecorder{ResponseWriter: w}
+		start := time.Now()
+		next.ServeHTTP(rec, r.WithContext(ctx))
+		log.InfoContext(ctx, "request", "method", r.Method, "path", r.URL.Path,
+			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	})
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+func withRecover(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.ErrorContext(r.Context(), "panic", "value", v)
+				status, p := newProblem(codeInternal, "internal error", "")
+				writeProblem(w, status, p)
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

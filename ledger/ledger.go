@@ -1,0 +1,229 @@
+// Package ledger is tally's domain: money, users, transactions and the rule that decides
+// each transaction. It knows nothing of HTTP or SQL.
+package ledger
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Type is the kind of a transaction.
+type Type string
+
+// The transaction types.
+const (
+	Deposit  Type = "DEPOSIT"
+	Withdraw Type = "WITHDRAW"
+)
+
+// Status says whether a transaction moved money.
+type Status string
+
+// The transaction statuses.
+const (
+	Applied  Status = "APPLIED"
+	Rejected Status = "REJECTED"
+)
+
+// MaxNameLength is the longest user name accepted, in characters.
+const MaxNameLength = 200
+
+// User is an account holder; Balance is the current balance.
+type User struct {
+	ID        int64
+	Name      string
+	Balance   Amount
+	CreatedAt time.Time
+}
+
+// Request is a transaction as a client sent it, validated.
+type Request struct {
+	UID    uuid.UUID
+	UserID int64
+	Type   Type
+	Amount Amount
+	// Timestamp is nil when the client omitted it; the transaction then happens "now".
+	Timestamp *time.Time
+}
+
+// Transaction is a stored transaction, applied or refused.
+type Transaction struct {
+	UID            uuid.UUID
+	UserID         int64
+	Type           Type
+	Amount         Amount
+	Timestamp      time.Time
+	TimestampGiven bool
+	Status         Status
+	Reason         Code    // why it was refused; empty when applied
+	BalanceAfter   *Amount // the user's balance right after it in the timeline; nil when refused
+	Seq            int64   // the user's acceptance counter: orders transactions with equal timestamps
+	CreatedAt      time.Time
+}
+
+// UserState is what the write path reads, under the user's row lock, to decide a request.
+type UserState struct {
+	Balance  Amount    // current balance
+	LastSeq  int64     // the last acceptance counter used
+	LastTime time.Time // timestamp of the latest applied transaction; zero when none
+	Now      time.Time // the database clock, for requests without a timestamp
+
+	// Only read for back-dated requests: the balance at the request's instant, and the
+	// lowest and highest balance_after of the applied transactions after it.
+	BalanceBefore      Amount
+	HasAfter           bool
+	MinAfter, MaxAfter Amount
+}
+
+// Decision is the outcome of a request against a user's state: the row to store, the new
+// current balance, and how much every later transaction's balance_after moves.
+type Decision struct {
+	Tx         Transaction
+	NewBalance Amount
+	Shift      Amount // added to balance_after of every applied transaction after Tx
+}
+
+// EffectiveTime is the instant a request takes effect: its timestamp, or now.
+func (r Request) EffectiveTime(now time.Time) time.Time {
+	if r.Timestamp != nil {
+		return *r.Timestamp
+	}
+	return now
+}
+
+// BackDated reports whether a transaction at instant t goes before the user's latest one.
+// Equal timestamps apply in acceptance order, so t equal to the latest is an append.
+func (s UserState) BackDated(t time.Time) bool {
+	return t.Before(s.LastTime)
+}
+
+// Decide applies a request to a user's state. It is the whole business rule: a balance never
+// goes below zero (nor above MaxBalance) at any instant of the user's timeline.
+func Decide(req Request, s UserState) Decision {
+	at := req.EffectiveTime(s.Now)
+	tx := Transaction{
+		UID:            req.UID,
+		UserID:         req.UserID,
+		Type:           req.Type,
+		Amount:         req.Amount,
+		Timestamp:      at,
+		TimestampGiven: req.Timestamp != nil,
+		Seq:            s.LastSeq + 1,
+		CreatedAt:      s.Now,
+	}
+	before, hasAfter := s.Balance, false
+	if s.BackDated(at) {
+		before, hasAfter = s.BalanceBefore, s.HasAfter
+	}
+	delta := req.Amount
+	if req.Type == Withdraw {
+		delta = -delta
+	}
+	refuse := func(reason Code) Decision {
+		tx.Status, tx.Reason = Rejected, reason
+		return Decision{Tx: tx, NewBalance: s.Balance}
+	}
+	after := before + delta
+	switch {
+	case after < 0, hasAfter && s.MinAfter+delta < 0:
+		return refuse(CodeInsufficientFunds)
+	case after > MaxBalance, hasAfter && s.MaxAfter+delta > MaxBalance, s.Balance+delta > MaxBalance:
+		return refuse(CodeBalanceLimit)
+	}
+	tx.Status, tx.BalanceAfter = Applied, &after
+	d := Decision{Tx: tx, NewBalance: s.Balance + delta}
+	if hasAfter {
+		d.Shift = delta
+	}
+	return d
+}
+
+// Matches reports whether a request carries the same body as the stored transaction with its
+// uid: same user, type, amount and timestamp as sent (an omitted timestamp stays omitted).
+func (r Request) Matches(t Transaction) bool {
+	if r.UserID != t.UserID || r.Type != t.Type || r.Amount != t.Amount {
+		return false
+	}
+	if r.Timestamp == nil {
+		return !t.TimestampGiven
+	}
+	return t.TimestampGiven && r.Timestamp.Equal(t.Timestamp)
+}
+
+// RefusalDetail explains a refusal to a person.
+func RefusalDetail(t Transaction) string {
+	switch t.Reason {
+	case CodeInsufficientFunds:
+		return fmt.Sprintf("withdrawing %s at %s would take the balance of user %d below zero", t.Amount, FormatTime(t.Timestamp), t.UserID)
+	case CodeBalanceLimit:
+		return fmt.Sprintf("depositing %s at %s would take the balance of user %d above %s", t.Amount, FormatTime(t.Timestamp), t.UserID, MaxBalance)
+	}
+	return string(t.Reason)
+}
+
+// ParseType reads a transaction type, in any letter case.
+func ParseType(s string) (Type, error) {
+	switch t := Type(strings.ToUpper(strings.TrimSpace(s))); t {
+	case Deposit, Withdraw:
+		return t, nil
+	case "":
+		return "", Invalid("type", "type is required: DEPOSIT or WITHDRAW")
+	}
+	return "", Invalid("type", fmt.Sprintf("type %q is not DEPOSIT or WITHDRAW", truncate(s)))
+}
+
+// ParseUID reads a client-chosen transaction id, which must be a UUID.
+func ParseUID(s string) (uuid.UUID, error) {
+	if s == "" {
+		return uuid.Nil, Invalid("uid", "uid is required: a UUID chosen by the client before the first attempt")
+	}
+	id, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return uuid.Nil, Invalid("uid", fmt.Sprintf("uid %q is not a UUID such as \"3f1c2a9e-8d4b-4f7a-9c1e-2b5d6e7f8a90\"", truncate(s)))
+	}
+	return id, nil
+}
+
+// ParseName validates a user name: not blank, at most MaxNameLength characters.
+func ParseName(s string) (string, error) {
+	name := strings.TrimSpace(s)
+	if name == "" {
+		return "", Invalid("name", "name is required and must not be blank")
+	}
+	if n := len([]rune(name)); n > MaxNameLength {
+		return "", Invalid("name", fmt.Sprintf("name has %d characters; at most %d are allowed", n, MaxNameLength))
+	}
+	if strings.ContainsRune(name, 0) {
+		return "", Invalid("name", "name must not contain NUL characters")
+	}
+	return name, nil
+}
+
+// Render turns a decided transaction into the HTTP answer that is stored with it and
+// returned, byte for byte, to every retry of its uid.
+type Render func(Transaction) (status int, body []byte)
+
+// Outcome is the answer to a transaction request.
+type Outcome struct {
+	Tx       Transaction
+	Status   int
+	Body     []byte
+	Replayed bool // the uid was seen before: this is the first answer again
+}
+
+// Cursor marks a position in a user's timeline: after (Time, Seq).
+type Cursor struct {
+	Time time.Time
+	Seq  int64
+}
+
+// HistoryQuery selects a page of a user's applied transactions in timeline order.
+type HistoryQuery struct {
+	UserID   int64
+	From, To *time.Time // inclusive bounds; nil means open
+	After    *Cursor
+	Limit    int
+}

@@ -1,0 +1,71 @@
+package ledger
+
+import (
+	"fmt"
+	"math/big"
+	"regexp"
+	"strconv"
+)
+
+// Amount is a sum of money in minor units (cents). It is never a float.
+type Amount int64
+
+// MaxAmount is the largest amount one transaction may carry: 1,000,000,000.00.
+const MaxAmount Amount = 100_000_000_000
+
+// MaxBalance is the largest balance a user may hold at any instant: 10^15.00.
+// It keeps every sum far from int64 overflow.
+const MaxBalance Amount = 100_000_000_000_000_000
+
+// decimalPattern accepts what JSON can carry as a number or a plain decimal string:
+// digits, an optional fraction and an optional exponent, never a sign.
+var decimalPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+
+// ParseAmount parses a positive decimal with at most two significant decimals
+// ("100", "100.0", "0.01", "1e2") exactly, without passing through float64.
+func ParseAmount(s string) (Amount, error) {
+	if s == "" {
+		return 0, Invalid("amount", "amount is required")
+	}
+	if len(s) > 64 || !decimalPattern.MatchString(s) {
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a positive decimal number such as \"100.00\"", truncate(s)))
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok {
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a decimal number", truncate(s)))
+	}
+	cents := new(big.Rat).Mul(r, big.NewRat(100, 1))
+	if !cents.IsInt() {
+		return 0, Invalid("amount", fmt.Sprintf("amount %q has more than two decimals", truncate(s)))
+	}
+	if cents.Sign() <= 0 {
+		return 0, Invalid("amount", "amount must be greater than zero")
+	}
+	if cents.Num().Cmp(big.NewInt(int64(MaxAmount))) > 0 {
+		return 0, Invalid("amount", fmt.Sprintf("amount must not exceed %s", MaxAmount))
+	}
+	return Amount(cents.Num().Int64()), nil
+}
+
+// String formats the amount with exactly two decimals, e.g. "100.00".
+func (a Amount) String() string {
+	sign := ""
+	v := int64(a)
+	if v < 0 {
+		sign = "-"
+		v = -v
+	}
+	return fmt.Sprintf("%s%d.%02d", sign, v/100, v%100)
+}
+
+// MarshalJSON writes the amount as a JSON string with two decimals.
+func (a Amount) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.Quote(a.String())), nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}

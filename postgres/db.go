@@ -1,0 +1,106 @@
+// Package postgres is everything in tally that speaks SQL: the pool, transactions,
+// migrations and the queries behind the ledger.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DB is tally's PostgreSQL store.
+type DB struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects a pool to databaseURL. Pool size and timeouts come from the URL's
+// pool_* parameters (e.g. pool_max_conns=20), as pgxpool reads them.
+func Open(ctx context.Context, databaseURL string) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if cfg.ConnConfig.RuntimeParams == nil {
+		cfg.ConnConfig.RuntimeParams = map[string]string{}
+	}
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "tally"
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &DB{pool: pool}, nil
+}
+
+// Close waits for connections in use to be released and closes the pool.
+func (db *DB) Close() { db.pool.Close() }
+
+// Pool exposes the pool for metrics and tests.
+func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+
+// Ready reports whether the database answers and carries this binary's schema.
+func (db *DB) Ready(ctx context.Context) error {
+	var version int
+	err := db.pool.QueryRow(ctx, "SELECT COALESCE(max(version), 0) FROM schema_migrations").Scan(&version)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if want := SchemaVersion(); version < want {
+		return fmt.Errorf("schema version %d is older than %d: run tally migrate", version, want)
+	}
+	return nil
+}
+
+// maxAttempts bounds retries of serialization failures and deadlocks.
+const maxAttempts = 5
+
+// withTx runs fn in one read-committed transaction and commits it. Serialization failures
+// and deadlocks are retried with a short backoff; inside fn only tx may be used, because a
+// query on the pool while holding a transaction can exhaust the pool.
+func (db *DB) withTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = db.runTx(ctx, fn)
+		if !retryable(err) || attempt == maxAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(time.Duration(attempt*attempt) * 5 * time.Millisecond):
+		}
+	}
+}
+
+func (db *DB) runTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	// A cancelled request must still release its locks promptly.
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}

@@ -1,0 +1,241 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// CreateUser stores a new user with a zero balance.
+func (db *DB) CreateUser(ctx context.Context, name string) (ledger.User, error) {
+	u := ledger.User{Name: name}
+	err := db.pool.QueryRow(ctx,
+		"INSERT INTO users (name) VALUES ($1) RETURNING id, created_at", name,
+	).Scan(&u.ID, &u.CreatedAt)
+	return u, err
+}
+
+// User returns a user with its current balance.
+func (db *DB) User(ctx context.Context, id int64) (ledger.User, error) {
+	var u ledger.User
+	err := db.pool.QueryRow(ctx,
+		"SELECT id, name, balance, created_at FROM users WHERE id = $1", id,
+	).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, ledger.NotFound("user %d does not exist", id)
+	}
+	return u, err
+}
+
+// balanceAtSQL finds the balance at an instant with one probe of the timeline index: the
+// balance_after of the last applied transaction at or before it. Its cost does not depend on
+// the length of the history.
+const balanceAtSQL = `COALESCE((
+	SELECT t.balance_after FROM transactions t
+	WHERE t.user_id = $1 AND t.status = 'APPLIED' AND t.ts <= $2
+	ORDER BY t.ts DESC, t.seq DESC LIMIT 1), 0)`
+
+// UserAt returns a user whose Balance is the balance at instant at.
+func (db *DB) UserAt(ctx context.Context, id int64, at time.Time) (ledger.User, error) {
+	var u ledger.User
+	err := db.pool.QueryRow(ctx,
+		"SELECT id, name, "+balanceAtSQL+", created_at FROM users WHERE id = $1", id, at,
+	).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, ledger.NotFound("user %d does not exist", id)
+	}
+	return u, err
+}
+
+const txColumns = "uid, user_id, type, amount, ts, timestamp_given, status, COALESCE(reason, ''), balance_after, seq, created_at"
+
+func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
+	var t ledger.Transaction
+	dest := append([]any{&t.UID, &t.UserID, &t.Type, &t.Amount, &t.Timestamp, &t.TimestampGiven,
+		&t.Status, &t.Reason, &t.BalanceAfter, &t.Seq, &t.CreatedAt}, extra...)
+	err := row.Scan(dest...)
+	t.Timestamp, t.CreatedAt = t.Timestamp.UTC(), t.CreatedAt.UTC()
+	return t, err
+}
+
+// Apply records a transaction request exactly once. Under the user's row lock it reads the
+// state the rule needs, decides with ledger.Decide, and stores the row, its answer and the new
+// balance in one database transaction. A uid seen before gets its first answer back, or an
+// idempotency conflict if the body differs.
+func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
+	for {
+		out, err := db.apply(ctx, req, render)
+		// Another request with this uid committed first, for another user (same-user duplicates
+		// queue on the row lock instead). The next attempt finds its row.
+		if isUniqueViolation(err) {
+			continue
+		}
+		return out, err
+	}
+}
+
+func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
+	var out ledger.Outcome
+	err := db.withTx(ctx, func(tx pgx.Tx) error {
+		// One round trip: lock the user, then look the uid up. Read committed gives the second
+		// statement a fresh snapshot taken after the lock is held, so it sees a duplicate that
+		// committed while this request waited.
+		batch := &pgx.Batch{}
+		var state ledger.UserState
+		var lastTime *time.Time
+		userFound := true
+		batch.Queue("SELECT balance, last_seq, last_ts, clock_timestamp() FROM users WHERE id = $1 FOR UPDATE", req.UserID).
+			QueryRow(func(row pgx.Row) error {
+				err := row.Scan(&state.Balance, &state.LastSeq, &lastTime, &state.Now)
+				if errors.Is(err, pgx.ErrNoRows) {
+					userFound = false
+					return nil
+				}
+				return err
+			})
+		var existing *ledger.Outcome
+		batch.Queue("SELECT "+txColumns+", response_status, response_body FROM transactions WHERE uid = $1", req.UID).
+			QueryRow(func(row pgx.Row) error {
+				var o ledger.Outcome
+				t, err := scanTransaction(row, &o.Status, &o.Body)
+				if errors.Is(err, pgx.ErrNoRows) {
+					return nil
+				}
+				o.Tx, o.Replayed, existing = t, true, &o
+				return err
+			})
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return err
+		}
+		if existing != nil {
+			if !req.Matches(existing.Tx) {
+				return idempotencyConflict(req, existing.Tx)
+			}
+			out = *existing
+			return nil
+		}
+		if !userFound {
+			return ledger.NotFound("user %d does not exist", req.UserID)
+		}
+		state.Now = state.Now.UTC().Truncate(time.Microsecond)
+		if lastTime != nil {
+			state.LastTime = *lastTime
+		}
+		at := req.EffectiveTime(state.Now)
+		if state.BackDated(at) {
+			var minAfter, maxAfter *ledger.Amount
+			err := tx.QueryRow(ctx, "SELECT "+balanceAtSQL+", min(balance_after), max(balance_after) "+
+				"FROM transactions WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2", req.UserID, at,
+			).Scan(&state.BalanceBefore, &minAfter, &maxAfter)
+			if err != nil {
+				return err
+			}
+			if minAfter != nil {
+				state.HasAfter, state.MinAfter, state.MaxAfter = true, *minAfter, *maxAfter
+			}
+		}
+
+		d := ledger.Decide(req, state)
+		out.Tx = d.Tx
+		out.Status, out.Body = render(d.Tx)
+		t := d.Tx
+		var reason *string
+		if t.Reason != "" {
+			reason = (*string)(&t.Reason)
+		}
+		batch = &pgx.Batch{}
+		batch.Queue(`INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
+			reason, balance_after, response_status, response_body, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			t.UID, t.UserID, t.Seq, t.Type, t.Amount, t.Timestamp, t.TimestampGiven, t.Status,
+			reason, t.BalanceAfter, out.Status, out.Body, t.CreatedAt)
+		if d.Shift != 0 {
+			// Back-dating: every later applied transaction's balance moves by the same amount.
+			// Decide checked that none goes negative; the CHECK constraint is the backstop.
+			batch.Queue(`UPDATE transactions SET balance_after = balance_after + $3
+				WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2`, t.UserID, t.Timestamp, d.Shift)
+		}
+		lastTS := state.LastTime
+		if t.Status == ledger.Applied && t.Timestamp.After(lastTS) {
+			lastTS = t.Timestamp
+		}
+		var lastTSArg *time.Time
+		if !lastTS.IsZero() {
+			lastTSArg = &lastTS
+		}
+		batch.Queue("UPDATE users SET balance = $2, last_seq = $3, last_ts = $4 WHERE id = $1",
+			t.UserID, d.NewBalance, t.Seq, lastTSArg)
+		return tx.SendBatch(ctx, batch).Close()
+	})
+	return out, err
+}
+
+func idempotencyConflict(req ledger.Request, t ledger.Transaction) error {
+	return &ledger.Error{Code: ledger.CodeIdempotencyConflict, Field: "uid",
+		Detail: "uid " + req.UID.String() + " was already used for a different transaction (user, type, amount or timestamp differ); choose a new uid for a new transaction"}
+}
+
+// Transaction returns the stored transaction with this uid.
+func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error) {
+	t, err := scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, ledger.NotFound("transaction %s does not exist", uid)
+	}
+	return t, err
+}
+
+// History returns a page of a user's applied transactions in timeline order and, when more
+// follow, the cursor of the next page.
+func (db *DB) History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error) {
+	var exists bool
+	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", q.UserID).Scan(&exists); err != nil {
+		return nil, nil, err
+	}
+	if !exists {
+		return nil, nil, ledger.NotFound("user %d does not exist", q.UserID)
+	}
+	sql := "SELECT " + txColumns + " FROM transactions WHERE user_id = $1 AND status = 'APPLIED'"
+	args := []any{q.UserID}
+	if q.From != nil {
+		args = append(args, *q.From)
+		sql += " AND ts >= $2"
+	}
+	if q.To != nil {
+		args = append(args, *q.To)
+		sql += " AND ts <= $" + strconv.Itoa(len(args))
+	}
+	if q.After != nil {
+		args = append(args, q.After.Time, q.After.Seq)
+		sql += " AND (ts, seq) > ($" + strconv.Itoa(len(args)-1) + ", $" + strconv.Itoa(len(args)) + ")"
+	}
+	args = append(args, q.Limit+1)
+	sql += " ORDER BY ts, seq LIMIT $" + strconv.Itoa(len(args))
+	rows, err := db.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var page []ledger.Transaction
+	for rows.Next() {
+		t, err := scanTransaction(rows)
+		if err != nil {
+			return nil, nil, err
+		}
+		page = append(page, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(page) <= q.Limit {
+		return page, nil, nil
+	}
+	page = page[:q.Limit]
+	last := page[len(page)-1]
+	return page, &ledger.Cursor{Time: last.Timestamp, Seq: last.Seq}, nil
+}
