@@ -41,12 +41,12 @@ const balanceAtSQL = `COALESCE((
 	WHERE t.user_id = $1 AND t.status = 'APPLIED' AND t.ts <= $2
 	ORDER BY t.ts DESC, t.seq DESC LIMIT 1), 0)`
 
+const userAtSQL = "SELECT id, name, " + balanceAtSQL + ", created_at FROM users WHERE id = $1"
+
 // UserAt returns a user whose Balance is the balance at instant at.
 func (db *DB) UserAt(ctx context.Context, id int64, at time.Time) (ledger.User, error) {
 	var u ledger.User
-	err := db.pool.QueryRow(ctx,
-		"SELECT id, name, "+balanceAtSQL+", created_at FROM users WHERE id = $1", id, at,
-	).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
+	err := db.pool.QueryRow(ctx, userAtSQL, id, at).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return u, ledger.NotFound("user %d does not exist", id)
 	}

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -85,6 +86,7 @@ type config struct {
 	shutdownDelay   time.Duration
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	devDataDir      string // where dev keeps its private PostgreSQL
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -93,6 +95,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		port:            "8000",
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
+		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -154,7 +157,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	ln, err := net.Listen("tcp", ":"+cfg.port)
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", ":"+cfg.port)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,40 @@
+# tally: `make run` starts everything locally, `make test` proves it.
+SHELL := /bin/bash
+GO ?= go
+GOLANGCI_VERSION := v2.15.0
+GOBIN := $(CURDIR)/bin
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
+export TEST_DATABASE_URL
+
+.PHONY: build run test lint gotest acceptance fuzz clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/tally ./cmd/tally
+
+run: build
+	./bin/tally dev
+
+test: lint gotest acceptance
+
+$(GOBIN)/golangci-lint-$(GOLANGCI_VERSION):
+	GOBIN=$(GOBIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
+	mv $(GOBIN)/golangci-lint $@
+
+lint: $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/golangci-lint-$(GOLANGCI_VERSION) run ./...
+
+gotest:
+	$(GO) test -race -count=1 -coverprofile=bin/coverage.out ./...
+	@$(GO) tool cover -func=bin/coverage.out | tail -1
+
+acceptance: build
+	./acceptance/run.sh
+
+fuzz:
+	$(GO) test ./ledger -run='^$$' -fuzz=FuzzParseAmount -fuzztime=30s
+	$(GO) test ./ledger -run='^$$' -fuzz=FuzzParseTime -fuzztime=30s
+
+clean:
+	rm -rf bin .data

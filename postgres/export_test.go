@@ -1,0 +1,4 @@
+package postgres
+
+// UserAtSQL lets tests explain the query behind UserAt.
+const UserAtSQL = userAtSQL
