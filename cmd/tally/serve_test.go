@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/httpapi"
+	"github.com/tally-ledger/tally/internal/pgtest"
+)
+
+// On shutdown readiness fails first, a request in flight still completes, then serve returns.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg, err := loadConfig(func(k string) string {
+		return map[string]string{"DATABASE_URL": url, "PORT": "0", "SHUTDOWN_DELAY": "700ms"}[k]
+	})
+	require.NoError(t, err)
+	listening := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, httpapi.NewLogger(io.Discard, 0), listening) }()
+	var base string
+	select {
+	case addr := <-listening:
+		base = "http://" + strings.Replace(addr, "[::]", "127.0.0.1", 1)
+	case err := <-done:
+		t.Fatal(err)
+	}
+	require.Equal(t, http.StatusOK, get(t, base+"/readyz"))
+	resp, err := http.Post(base+"/v1/user", "application/json", strings.NewReader(`{"name":"vasya"}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+
+	// Hold the user's row lock from another connection so that a deposit stays in flight.
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "SELECT 1 FROM users WHERE id = 1 FOR UPDATE")
+	require.NoError(t, err)
+	inFlight := make(chan int, 1)
+	go func() {
+		body := fmt.Sprintf(`{"uid":%q,"user_id":1,"type":"DEPOSIT","amount":"5"}`, uuid.NewString())
+		resp, err := http.Post(base+"/v1/transaction", "application/json", strings.NewReader(body))
+		if err != nil {
+			inFlight <- 0
+			return
+		}
+		resp.Body.Close()
+		inFlight <- resp.StatusCode
+	}()
+	time.Sleep(200 * time.Millisecond)
+
+	cancel()
+	require.Eventually(t, func() bool { return get(t, base+"/readyz") == http.StatusServiceUnavailable },
+		500*time.Millisecond, 20*time.Millisecond, "readiness fails as soon as shutdown begins")
+	select {
+	case err := <-done:
+		t.Fatalf("serve returned while a request was in flight: %v", err)
+	case <-time.After(800 * time.Millisecond):
+	}
+	require.NoError(t, tx.Rollback(context.Background()))
+	require.Equal(t, http.StatusOK, <-inFlight)
+	require.NoError(t, <-done)
+}
+
+func get(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestConfigRejectsBadValues(t *testing.T) {
+	t.Parallel()
+	for _, env := range []map[string]string{
+		{"PORT": "eighty"},
+		{"PORT": "70000"},
+		{"SHUTDOWN_DELAY": "soon"},
+		{"MIGRATE_ON_START": "maybe"},
+		{"LOG_LEVEL": "loud"},
+	} {
+		_, err := loadConfig(func(k string) string { return env[k] })
+		require.Error(t, err, "%v", env)
+	}
+	cfg, err := loadConfig(func(string) string { return "" })
+	require.NoError(t, err)
+	require.Equal(t, "8000", cfg.port)
+	require.True(t, cfg.migrateOnStart)
+}
+
+func TestRunNeedsACommand(t *testing.T) {
+	t.Parallel()
+	var stderr strings.Builder
+	err := run(context.Background(), nil, func(string) string { return "" }, io.Discard, &stderr)
+	require.Error(t, err)
+	require.Contains(t, stderr.String(), "usage: tally")
+	require.ErrorContains(t, run(context.Background(), []string{"serve"}, func(string) string { return "" }, io.Discard, io.Discard), "DATABASE_URL")
+}
