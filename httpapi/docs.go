@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 //go:embed openapi.json
@@ -30,8 +32,21 @@ func handleDocs() http.Handler {
 			writeBody(w, http.StatusOK, "text/html; charset=utf-8", body)
 			return
 		}
+		name := path.Clean(file)
+		// A missing file gets the same problem body as any other unknown path, not the file
+		// server's plain text.
+		if info, err := fs.Stat(files, name); err != nil || info.IsDir() {
+			status, p := newProblem(ledger.CodeNotFound, "no such file: /api/docs/"+file, "")
+			writeProblem(w, status, p)
+			return
+		}
+		if _, err := fs.Stat(files, path.Clean(file)); err != nil {
+			status, p := newProblem(ledger.CodeNotFound, "no such documentation file: "+file, "")
+			writeProblem(w, status, p)
+			return
+		}
 		r2 := r.Clone(r.Context())
-		r2.URL.Path = "/" + path.Clean(file)
+		r2.URL.Path = "/" + name
 		w.Header().Set("Cache-Control", "public, max-age=86400")
 		server.ServeHTTP(w, r2)
 	})

@@ -92,11 +92,12 @@ func encode(w http.ResponseWriter, status int, v any) {
 	writeBody(w, status, "application/json", mustJSON(v))
 }
 
-// decodeFields reads a request body into field name → text. JSON objects and
+// decodeFields reads the known fields of a request body into field name → text; other
+// fields are ignored. JSON objects and
 // application/x-www-form-urlencoded bodies give the same result; JSON numbers keep their exact
 // text, so amounts never pass through float64. A body that starts with '{' is read as JSON
 // whatever its Content-Type says, since `curl -d` labels JSON as a form.
-func decodeFields(w http.ResponseWriter, r *http.Request) (map[string]string, error) {
+func decodeFields(w http.ResponseWriter, r *http.Request, known ...string) (map[string]string, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -109,15 +110,17 @@ func decodeFields(w http.ResponseWriter, r *http.Request) (map[string]string, er
 	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch {
 	case len(trimmed) > 0 && trimmed[0] == '{', mediaType == "application/json", strings.HasSuffix(mediaType, "+json"):
-		return decodeJSONFields(trimmed)
+		return decodeJSONFields(trimmed, known)
 	case mediaType == "application/x-www-form-urlencoded", mediaType == "" && len(trimmed) > 0:
 		values, err := url.ParseQuery(string(trimmed))
 		if err != nil {
 			return nil, ledger.Invalid("", "the form body is malformed: "+err.Error())
 		}
 		fields := map[string]string{}
-		for k, v := range values {
-			fields[k] = v[0]
+		for _, k := range known {
+			if v, ok := values[k]; ok {
+				fields[k] = v[0]
+			}
 		}
 		return fields, nil
 	case len(trimmed) == 0:
@@ -126,7 +129,7 @@ func decodeFields(w http.ResponseWriter, r *http.Request) (map[string]string, er
 	return nil, &ledger.Error{Code: codeUnsupportedMedia, Detail: "send application/json or application/x-www-form-urlencoded, not " + mediaType}
 }
 
-func decodeJSONFields(body []byte) (map[string]string, error) {
+func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
@@ -136,7 +139,11 @@ func decodeJSONFields(body []byte) (map[string]string, error) {
 		return nil, ledger.Invalid("", "the body has data after the JSON object")
 	}
 	fields := map[string]string{}
-	for k, v := range raw {
+	for _, k := range known {
+		v, ok := raw[k]
+		if !ok {
+			continue
+		}
 		switch {
 		case bytes.Equal(v, []byte("null")):
 			continue
@@ -166,3 +173,7 @@ func parseID(field, s string) (int64, error) {
 	}
 	return id, nil
 }
+
+// RenderTransaction is the answer stored with each transaction, for writers outside the HTTP
+// API (the demo loader) whose uids clients may later replay.
+func RenderTransaction(t ledger.Transaction) (int, []byte) { return renderTransaction(t) }

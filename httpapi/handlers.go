@@ -28,7 +28,7 @@ type Store interface {
 
 func handleCreateUser(store Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fields, err := decodeFields(w, r)
+		fields, err := decodeFields(w, r, "name")
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -90,6 +90,9 @@ func handleGetBalance(store Store, log *slog.Logger) http.Handler {
 	})
 }
 
+// transactionFields are the body fields of a transaction request; others are ignored.
+var transactionFields = []string{"uid", "user_id", "type", "amount", "timestamp"}
+
 // parseTransactionRequest validates a transaction body; now bounds how far ahead its
 // timestamp may lie.
 func parseTransactionRequest(fields map[string]string, idempotencyKey string, now time.Time) (ledger.Request, error) {
@@ -129,7 +132,7 @@ func parseTransactionRequest(fields map[string]string, idempotencyKey string, no
 
 func handleCreateTransaction(store Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fields, err := decodeFields(w, r)
+		fields, err := decodeFields(w, r, transactionFields...)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -258,5 +261,9 @@ func decodeCursor(s string) (ledger.Cursor, error) {
 	if err1 != nil || err2 != nil {
 		return ledger.Cursor{}, bad
 	}
-	return ledger.Cursor{Time: time.UnixMicro(us).UTC(), Seq: n}, nil
+	c := ledger.Cursor{Time: time.UnixMicro(us).UTC(), Seq: n}
+	if y := c.Time.Year(); y < 1 || y > 9999 {
+		return ledger.Cursor{}, bad
+	}
+	return c, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -189,6 +190,9 @@ func ParseUID(s string) (uuid.UUID, error) {
 
 // ParseName validates a user name: not blank, at most MaxNameLength characters.
 func ParseName(s string) (string, error) {
+	if !utf8.ValidString(s) {
+		return "", Invalid("name", "name is not valid UTF-8 text")
+	}
 	name := strings.TrimSpace(s)
 	if name == "" {
 		return "", Invalid("name", "name is required and must not be blank")
