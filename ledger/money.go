@@ -30,6 +30,10 @@ func ParseAmount(s string) (Amount, error) {
 	if len(s) > 64 || !decimalPattern.MatchString(s) {
 		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a positive decimal number such as \"100.00\"", truncate(s)))
 	}
+	// A long exponent would make big.Rat build a huge number before any range check.
+	if m := decimalPattern.FindStringSubmatch(s); len(m[2]) > 4 {
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is out of range", truncate(s)))
+	}
 	r, ok := new(big.Rat).SetString(s)
 	if !ok {
 		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a decimal number", truncate(s)))

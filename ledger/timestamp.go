@@ -68,7 +68,11 @@ func ParseTime(field, s string) (time.Time, error) {
 	if t.Day() != day {
 		return bad("is not a calendar date")
 	}
-	return t.UTC().Truncate(time.Microsecond), nil
+	t = t.UTC().Truncate(time.Microsecond)
+	if t.Year() < 1 || t.Year() > 9999 {
+		return bad("is outside the years 1 to 9999 in UTC")
+	}
+	return t, nil
 }
 
 // FormatTime writes an instant the way the API returns it.
