@@ -23,6 +23,7 @@ type Store interface {
 	Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error)
 	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
+	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
 	Ready(ctx context.Context) error
 }
 

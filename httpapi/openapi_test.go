@@ -412,9 +412,17 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 		s.expect(t, http.StatusUnprocessableEntity, ex)
 	}
 
+	// The event feed: a first page, the next from its cursor, bad parameters.
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?limit=2"})
+	page := decodeJSON[struct{ Next string }](t, body)
+	s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?wait=0.05&after=" + page.Next})
+	for _, target := range []string{"/v1/events?limit=0", "/v1/events?after=nope", "/v1/events?wait=99"} {
+		s.expect(t, http.StatusUnprocessableEntity, exchange{method: "GET", target: target, offSpec: true})
+	}
+
 	// Every path answers other methods with 405 and an Allow header.
 	for _, target := range []string{"/v1/user", userPath(alice, ""), userPath(alice, "/balance"), userPath(alice, "/transactions"),
-		"/v1/transaction", "/v1/transaction/" + deposit, "/healthz", "/readyz", "/api/openapi.json", "/api/docs", "/api/docs/init.js"} {
+		"/v1/transaction", "/v1/transaction/" + deposit, "/v1/events", "/healthz", "/readyz", "/api/openapi.json", "/api/docs", "/api/docs/init.js"} {
 		header, _ := s.expect(t, http.StatusMethodNotAllowed, exchange{method: "DELETE", target: target})
 		require.NotEmpty(t, header.Get("Allow"), target)
 	}
@@ -454,6 +462,7 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 		{method: "POST", target: "/v1/transaction", contentType: jsonType, body: jsonBody(map[string]any{"uid": uuid.NewString(), "user_id": alice, "type": "DEPOSIT", "amount": "1"})},
 		{method: "PUT", target: "/v1/transaction", contentType: jsonType, body: jsonBody(map[string]any{"uid": uuid.NewString(), "user_id": alice, "type": "DEPOSIT", "amount": "1"})},
 		{method: "GET", target: "/v1/transaction/" + deposit},
+		{method: "GET", target: "/v1/events"},
 	}
 	for _, ex := range storeCalls {
 		_, body = broken.expect(t, http.StatusInternalServerError, ex)

@@ -21,6 +21,7 @@ func routes(store Store, log *slog.Logger, health *Health) []route {
 		{"POST", "/v1/transaction", handleCreateTransaction(store, log)},
 		{"PUT", "/v1/transaction", handleCreateTransaction(store, log)},
 		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
+		{"GET", "/v1/events", handleEvents(store, log)},
 		{"GET", "/healthz", handleHealthz()},
 		{"GET", "/readyz", handleReadyz(store, health, log)},
 		{"GET", "/api/openapi.json", handleOpenAPI()},

@@ -5,6 +5,7 @@ import (
 	"math/big"
 	"regexp"
 	"strconv"
+	"strings"
 )
 
 // Amount is a sum of money in minor units (cents). It is never a float.
@@ -72,4 +73,26 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes: a string with two decimals, e.g. "-1.50".
+func (a *Amount) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return fmt.Errorf("amount %s is not a JSON string", b)
+	}
+	digits, negative := strings.CutPrefix(s, "-")
+	whole, frac, ok := strings.Cut(digits, ".")
+	if !ok || len(frac) != 2 || whole == "" || strings.HasPrefix(whole, "+") || strings.HasPrefix(frac, "+") {
+		return fmt.Errorf("amount %q is not a decimal with two places", s)
+	}
+	v, err := strconv.ParseInt(whole+frac, 10, 64)
+	if err != nil {
+		return fmt.Errorf("amount %q: %w", s, err)
+	}
+	if negative {
+		v = -v
+	}
+	*a = Amount(v)
+	return nil
 }

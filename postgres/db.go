@@ -15,8 +15,15 @@ import (
 
 // DB is tally's PostgreSQL store.
 type DB struct {
-	pool *pgxpool.Pool
+	pool        *pgxpool.Pool
+	eventSource string
 }
+
+// DefaultEventSource is the CloudEvents source of events unless SetEventSource changes it.
+const DefaultEventSource = "tally"
+
+// SetEventSource names this deployment in the source attribute of the events it writes.
+func (db *DB) SetEventSource(source string) { db.eventSource = source }
 
 // Open connects a pool to databaseURL. Pool size and timeouts come from the URL's
 // pool_* parameters (e.g. pool_max_conns=20), as pgxpool reads them.
@@ -36,7 +43,7 @@ func Open(ctx context.Context, databaseURL string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DB{pool: pool}, nil
+	return &DB{pool: pool, eventSource: DefaultEventSource}, nil
 }
 
 // Close waits for connections in use to be released and closes the pool.

@@ -12,13 +12,31 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// CreateUser stores a new user with a zero balance.
+// CreateUser stores a new user with a zero balance, and its user.created event.
 func (db *DB) CreateUser(ctx context.Context, name string) (ledger.User, error) {
 	u := ledger.User{Name: name}
-	err := db.pool.QueryRow(ctx,
-		"INSERT INTO users (name) VALUES ($1) RETURNING id, created_at", name,
-	).Scan(&u.ID, &u.CreatedAt)
+	err := db.withTx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx,
+			"INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at", name,
+		).Scan(&u.ID, &u.CreatedAt)
+		if err != nil {
+			return err
+		}
+		u.CreatedAt = u.CreatedAt.UTC()
+		batch := &pgx.Batch{}
+		db.queueEvents(batch, ledger.UserCreatedEvent(u))
+		return tx.SendBatch(ctx, batch).Close()
+	})
 	return u, err
+}
+
+// queueEvents adds the outbox rows for events to a batch of the transaction that makes the
+// change they describe.
+func (db *DB) queueEvents(batch *pgx.Batch, events ...ledger.Event) {
+	for _, e := range events {
+		batch.Queue("INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES ($1, $2, $3, $4, $5)",
+			e.ID, e.UserID, e.Seq, e.Type, string(e.CloudEvent(db.eventSource)))
+	}
 }
 
 // User returns a user with its current balance.
@@ -89,10 +107,11 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		batch := &pgx.Batch{}
 		var state ledger.UserState
 		var lastTime *time.Time
+		var eventSeq int64
 		userFound := true
-		batch.Queue("SELECT balance, last_seq, last_ts, clock_timestamp() FROM users WHERE id = $1 FOR UPDATE", req.UserID).
+		batch.Queue("SELECT balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users WHERE id = $1 FOR UPDATE", req.UserID).
 			QueryRow(func(row pgx.Row) error {
-				err := row.Scan(&state.Balance, &state.LastSeq, &lastTime, &state.Now)
+				err := row.Scan(&state.Balance, &state.LastSeq, &lastTime, &eventSeq, &state.Now)
 				if errors.Is(err, pgx.ErrNoRows) {
 					userFound = false
 					return nil
@@ -169,8 +188,10 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		if !lastTS.IsZero() {
 			lastTSArg = &lastTS
 		}
-		batch.Queue("UPDATE users SET balance = $2, last_seq = $3, last_ts = $4 WHERE id = $1",
-			t.UserID, d.NewBalance, t.Seq, lastTSArg)
+		events := d.Events(state.Balance, eventSeq)
+		db.queueEvents(batch, events...)
+		batch.Queue("UPDATE users SET balance = $2, last_seq = $3, last_ts = $4, event_seq = $5 WHERE id = $1",
+			t.UserID, d.NewBalance, t.Seq, lastTSArg, eventSeq+int64(len(events)))
 		return tx.SendBatch(ctx, batch).Close()
 	})
 	return out, err

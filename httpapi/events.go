@@ -1,0 +1,120 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Limits of the event feed.
+const (
+	defaultEventPage = 100
+	maxEventPage     = 1000
+	maxEventWait     = 30 * time.Second
+	eventPollEvery   = 100 * time.Millisecond
+)
+
+type eventsJSON struct {
+	Events []json.RawMessage `json:"events"`
+	Next   string            `json:"next"`
+}
+
+// handleEvents serves the event feed: events in stream order after a cursor, long-polling up
+// to ?wait= seconds when there are none yet. A consumer that resumes from its last `next`
+// sees every event exactly once.
+func handleEvents(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		after, limit, wait, err := parseEventsQuery(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if wait > 0 {
+			// The server's write timeout is shorter than the longest wait.
+			rc := http.NewResponseController(w)
+			rc.SetWriteDeadline(time.Now().Add(wait + 10*time.Second)) //nolint:errcheck // best effort
+		}
+		deadline := time.Now().Add(wait)
+		for {
+			events, err := store.Events(r.Context(), after, limit)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			if len(events) > 0 || !time.Now().Before(deadline) {
+				body := eventsJSON{Events: make([]json.RawMessage, 0, len(events)), Next: encodeEventCursor(after)}
+				for _, e := range events {
+					body.Events = append(body.Events, e.Body)
+				}
+				if len(events) > 0 {
+					body.Next = encodeEventCursor(events[len(events)-1].Cursor)
+				}
+				encode(w, http.StatusOK, body)
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(eventPollEvery):
+			}
+		}
+	})
+}
+
+func parseEventsQuery(r *http.Request) (ledger.EventCursor, int, time.Duration, error) {
+	q := r.URL.Query()
+	var after ledger.EventCursor
+	if c := q.Get("after"); c != "" {
+		var err error
+		if after, err = decodeEventCursor(c); err != nil {
+			return after, 0, 0, err
+		}
+	}
+	limit := defaultEventPage
+	if q.Has("limit") {
+		n, err := strconv.Atoi(q.Get("limit"))
+		if err != nil || n < 1 || n > maxEventPage {
+			return after, 0, 0, ledger.Invalid("limit", fmt.Sprintf("limit must be an integer from 1 to %d", maxEventPage))
+		}
+		limit = n
+	}
+	var wait time.Duration
+	if q.Has("wait") {
+		s, err := strconv.ParseFloat(q.Get("wait"), 64)
+		if err != nil || s < 0 || s > maxEventWait.Seconds() {
+			return after, 0, 0, ledger.Invalid("wait", fmt.Sprintf("wait must be a number of seconds from 0 to %d", int(maxEventWait.Seconds())))
+		}
+		wait = time.Duration(s * float64(time.Second))
+	}
+	return after, limit, wait, nil
+}
+
+// An event cursor is opaque to clients: base64url of "<txid>.<position>".
+func encodeEventCursor(c ledger.EventCursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", c.TxID, c.Position)))
+}
+
+func decodeEventCursor(s string) (ledger.EventCursor, error) {
+	bad := ledger.Invalid("after", "after is not a cursor this service returned; pass `next` from the previous page, or nothing to start at the beginning")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return ledger.EventCursor{}, bad
+	}
+	txid, position, ok := strings.Cut(string(raw), ".")
+	if !ok {
+		return ledger.EventCursor{}, bad
+	}
+	t, err1 := strconv.ParseInt(txid, 10, 64)
+	p, err2 := strconv.ParseInt(position, 10, 64)
+	if err1 != nil || err2 != nil || t < 0 || p < 0 {
+		return ledger.EventCursor{}, bad
+	}
+	return ledger.EventCursor{TxID: t, Position: p}, nil
+}

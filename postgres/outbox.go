@@ -1,0 +1,141 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// visibleEventsSQL reads events in stream order, only from transactions older than every
+// transaction still running. An event whose transaction commits after a later one's is
+// therefore never skipped: it is not visible to anyone until every event before it in the
+// order is.
+const visibleEventsSQL = `SELECT txid::text::bigint, position, id, user_id, user_seq, type, event::text, created_at
+	FROM outbox
+	WHERE (txid, position) > ($1::bigint::text::xid8, $2)
+	  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY txid, position
+	LIMIT $3`
+
+// Events returns up to limit events after the cursor, in stream order.
+func (db *DB) Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error) {
+	rows, err := db.pool.Query(ctx, visibleEventsSQL, after.TxID, after.Position, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ledger.StoredEvent, error) {
+		var e ledger.StoredEvent
+		var body string
+		err := row.Scan(&e.Cursor.TxID, &e.Cursor.Position, &e.ID, &e.UserID, &e.Seq, &e.Type, &body, &e.CreatedAt)
+		e.Body = []byte(body)
+		return e, err
+	})
+}
+
+// RelayCursor returns how far the named relay has published.
+func (db *DB) RelayCursor(ctx context.Context, name string) (ledger.EventCursor, error) {
+	var c ledger.EventCursor
+	err := db.pool.QueryRow(ctx, "SELECT txid::text::bigint, position FROM relay_cursor WHERE name = $1", name).
+		Scan(&c.TxID, &c.Position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ledger.EventCursor{}, nil
+	}
+	return c, err
+}
+
+// SaveRelayCursor records that every event up to c has been acknowledged by the broker.
+func (db *DB) SaveRelayCursor(ctx context.Context, name string, c ledger.EventCursor) error {
+	_, err := db.pool.Exec(ctx, `INSERT INTO relay_cursor (name, txid, position) VALUES ($1, $2::bigint::text::xid8, $3)
+		ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position, published_at = now()`,
+		name, c.TxID, c.Position)
+	return err
+}
+
+// PruneEvents deletes events created before olderThan that the relay has published.
+func (db *DB) PruneEvents(ctx context.Context, olderThan time.Time, published ledger.EventCursor) (int64, error) {
+	tag, err := db.pool.Exec(ctx, `DELETE FROM outbox WHERE created_at < $1 AND (txid, position) <= ($2::bigint::text::xid8, $3)`,
+		olderThan, published.TxID, published.Position)
+	return tag.RowsAffected(), err
+}
+
+// Backlog counts the events the relay has not yet published and the age of the oldest.
+func (db *DB) Backlog(ctx context.Context, published ledger.EventCursor) (int64, time.Duration, error) {
+	var n int64
+	var oldest *time.Time
+	err := db.pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM outbox WHERE (txid, position) > ($1::bigint::text::xid8, $2)`,
+		published.TxID, published.Position).Scan(&n, &oldest)
+	if err != nil || oldest == nil {
+		return n, 0, err
+	}
+	return n, time.Since(*oldest), nil
+}
+
+// Lease is a session advisory lock held on a connection of its own: whoever holds it is the
+// one active relay. It ends when Release is called or the connection is lost.
+type Lease struct {
+	conn *pgx.Conn
+	lost chan struct{}
+	stop chan struct{}
+}
+
+// AcquireLease waits until it holds the advisory lock key, trying every poll.
+func (db *DB) AcquireLease(ctx context.Context, key int64, poll time.Duration) (*Lease, error) {
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("lease connection: %w", err)
+	}
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("try lease: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, ctx.Err()
+		case <-time.After(poll):
+		}
+	}
+	l := &Lease{conn: conn, lost: make(chan struct{}), stop: make(chan struct{})}
+	go l.watch(poll)
+	return l, nil
+}
+
+// watch pings the lease's connection; if it fails, the lock may already be someone else's.
+func (l *Lease) watch(every time.Duration) {
+	defer close(l.lost)
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-ticker.C:
+			ctx, cancel := context.WithTimeout(context.Background(), every)
+			err := l.conn.Ping(ctx)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Lost is closed when the lease ends.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// Release gives the lease up by closing its connection, which frees the lock.
+func (l *Lease) Release() {
+	close(l.stop)
+	<-l.lost
+	l.conn.Close(context.Background())
+}
