@@ -88,7 +88,7 @@ func parseEventsQuery(r *http.Request) (ledger.EventCursor, int, time.Duration, 
 	var wait time.Duration
 	if q.Has("wait") {
 		s, err := strconv.ParseFloat(q.Get("wait"), 64)
-		if err != nil || s < 0 || s > maxEventWait.Seconds() {
+		if err != nil || !(s >= 0 && s <= maxEventWait.Seconds()) { // NaN fails both
 			return after, 0, 0, ledger.Invalid("wait", fmt.Sprintf("wait must be a number of seconds from 0 to %d", int(maxEventWait.Seconds())))
 		}
 		wait = time.Duration(s * float64(time.Second))

@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tally-ledger/tally/postgres"
 )
@@ -66,6 +67,17 @@ func devServe(ctx context.Context, cfg config, log *slog.Logger, stderr io.Write
 	if err != nil {
 		return fmt.Errorf("demo data: %w", err)
 	}
+
+	if !cfg.natsURLSet {
+		ns, err := startNATS(filepath.Join(cfg.devDataDir, "nats"))
+		if err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		cfg.natsURL = ns.ClientURL()
+		where += ", events on " + cfg.natsURL
+	}
+	cfg.relay = true
 
 	serveCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -354,4 +366,21 @@ func freePort(ctx context.Context) (int, error) {
 	}
 	defer ln.Close() //nolint:errcheck // only its port number was wanted
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startNATS runs an embedded NATS server with JetStream on a free local port, so that the
+// whole event pipeline runs with nothing installed.
+func startNATS(storeDir string) (*natsserver.Server, error) {
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: storeDir, NoSigs: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded NATS did not start within 10s")
+	}
+	return ns, nil
 }

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/tally-ledger/tally/httpapi"
 	"github.com/tally-ledger/tally/postgres"
+	"github.com/tally-ledger/tally/relay"
 )
 
 func main() {
@@ -32,7 +34,8 @@ func main() {
 const usage = `usage: tally <command>
 
 commands:
-  serve     run the HTTP API (DATABASE_URL, PORT)
+  serve     run the HTTP API (DATABASE_URL, PORT); --relay also publishes events (NATS_URL)
+  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
   demo      load the demo data (DATABASE_URL)
@@ -50,10 +53,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := httpapi.NewLogger(stdout, cfg.logLevel)
 	switch args[0] {
 	case "serve":
+		flags := flag.NewFlagSet("serve", flag.ContinueOnError)
+		flags.SetOutput(stderr)
+		flags.BoolVar(&cfg.relay, "relay", cfg.relay, "also run the outbox relay in this process (NATS_URL)")
+		if err := flags.Parse(args[1:]); err != nil {
+			return err
+		}
 		if cfg.databaseURL == "" {
 			return errors.New("DATABASE_URL is not set")
 		}
 		return serve(ctx, cfg, log, nil)
+	case "relay":
+		if cfg.databaseURL == "" {
+			return errors.New("DATABASE_URL is not set")
+		}
+		return runRelay(ctx, cfg, log)
 	case "migrate":
 		if cfg.databaseURL == "" {
 			return errors.New("DATABASE_URL is not set")
@@ -87,6 +101,11 @@ type config struct {
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
 	devDataDir      string // where dev keeps its private PostgreSQL
+	natsURL         string
+	natsURLSet      bool // NATS_URL was given; dev starts its own NATS otherwise
+	eventSource     string
+	relay           bool // run the relay inside serve
+	relayRetention  time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -96,6 +115,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
 		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
+		natsURL:         cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
+		natsURLSet:      getenv("NATS_URL") != "",
+		eventSource:     cmp.Or(getenv("EVENT_SOURCE"), postgres.DefaultEventSource),
+		relayRetention:  7 * 24 * time.Hour,
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -113,7 +136,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	for _, d := range []struct {
 		name string
 		dest *time.Duration
-	}{{"SHUTDOWN_DELAY", &cfg.shutdownDelay}, {"SHUTDOWN_TIMEOUT", &cfg.shutdownTimeout}} {
+	}{{"SHUTDOWN_DELAY", &cfg.shutdownDelay}, {"SHUTDOWN_TIMEOUT", &cfg.shutdownTimeout}, {"RELAY_RETENTION", &cfg.relayRetention}} {
 		if v := getenv(d.name); v != "" {
 			parsed, err := time.ParseDuration(v)
 			if err != nil || parsed < 0 {
@@ -142,11 +165,23 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 			log.Info("migrations applied", "applied", applied)
 		}
 	}
-	db, err := postgres.Open(ctx, cfg.databaseURL)
+	db, err := openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	if cfg.relay {
+		relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+		relayDone := make(chan struct{})
+		go func() {
+			defer close(relayDone)
+			if err := startRelay(relayCtx, cfg, db, log); err != nil {
+				log.Error("relay stopped", "error", err)
+			}
+		}()
+		// The relay stops after the server has drained, before the pool closes.
+		defer func() { stopRelay(); <-relayDone }()
+	}
 
 	health := &httpapi.Health{}
 	srv := &http.Server{
@@ -183,4 +218,39 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 	log.Info("stopped")
 	return nil
+}
+
+func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
+	db, err := postgres.Open(ctx, cfg.databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	db.SetEventSource(cfg.eventSource)
+	return db, nil
+}
+
+// runRelay is the relay command: it publishes the outbox until ctx ends. Several may run;
+// one is active and the others stand by.
+func runRelay(ctx context.Context, cfg config, log *slog.Logger) error {
+	db, err := openDB(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return startRelay(ctx, cfg, db, log)
+}
+
+func startRelay(ctx context.Context, cfg config, db *postgres.DB, log *slog.Logger) error {
+	log = log.With("component", "relay")
+	nc, err := relay.Connect(cfg.natsURL, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention})
+	if err != nil {
+		return err
+	}
+	log.Info("relay started", "nats", cfg.natsURL)
+	return r.Run(ctx)
 }
