@@ -75,7 +75,7 @@ trap 'exit 143' TERM
 psql "$TEST_DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$db_name\"" >/dev/null
 db_created=1
 
-DATABASE_URL="$db_url" PORT="$port" bin/tally serve >"$server_log" 2>&1 &
+DATABASE_URL="$db_url" PORT="$port" ADMIN_PORT=0 bin/tally serve >"$server_log" 2>&1 &
 server_pid=$!
 
 ready=""

@@ -29,6 +29,8 @@ var problems = map[ledger.Code]problemKind{
 	codeUnsupportedMedia:           {http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"},
 	codeMethodNotAllowed:           {http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"},
 	codeUnavailable:                {http.StatusServiceUnavailable, "unavailable", "Service unavailable"},
+	codeUnauthorized:               {http.StatusUnauthorized, "unauthorized", "Unauthorized"},
+	codeForbidden:                  {http.StatusForbidden, "forbidden", "Forbidden"},
 	codeInternal:                   {http.StatusInternalServerError, "internal", "Internal error"},
 }
 
@@ -38,6 +40,8 @@ const (
 	codeUnsupportedMedia ledger.Code = "unsupported_media_type"
 	codeMethodNotAllowed ledger.Code = "method_not_allowed"
 	codeUnavailable      ledger.Code = "unavailable"
+	codeUnauthorized     ledger.Code = "unauthorized"
+	codeForbidden        ledger.Code = "forbidden"
 	codeInternal         ledger.Code = "internal"
 )
 

@@ -131,7 +131,7 @@ func parseTransactionRequest(fields map[string]string, idempotencyKey string, no
 	return req, nil
 }
 
-func handleCreateTransaction(store Store, log *slog.Logger) http.Handler {
+func handleCreateTransaction(store Store, log *slog.Logger, m *Metrics) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fields, err := decodeFields(w, r, transactionFields...)
 		if err != nil {
@@ -148,6 +148,7 @@ func handleCreateTransaction(store Store, log *slog.Logger) http.Handler {
 			writeError(w, r, log, err)
 			return
 		}
+		m.transaction(out)
 		if out.Replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}

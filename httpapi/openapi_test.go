@@ -48,7 +48,7 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	t.Parallel()
 	doc := loadOpenAPI(t)
 	var served, documented []string
-	for _, rt := range routes(nil, nil, nil) {
+	for _, rt := range routes(nil, nil, nil, nil) {
 		served = append(served, rt.method+" "+rt.pattern)
 	}
 	for path, item := range doc.Paths.Map() {

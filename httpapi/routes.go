@@ -12,14 +12,14 @@ type route struct {
 }
 
 // routes is the whole API on one screen.
-func routes(store Store, log *slog.Logger, health *Health) []route {
+func routes(store Store, log *slog.Logger, health *Health, m *Metrics) []route {
 	return []route{
 		{"POST", "/v1/user", handleCreateUser(store, log)},
 		{"GET", "/v1/user/{id}", handleGetUser(store, log)},
 		{"GET", "/v1/user/{id}/balance", handleGetBalance(store, log)},
 		{"GET", "/v1/user/{id}/transactions", handleListTransactions(store, log)},
-		{"POST", "/v1/transaction", handleCreateTransaction(store, log)},
-		{"PUT", "/v1/transaction", handleCreateTransaction(store, log)},
+		{"POST", "/v1/transaction", handleCreateTransaction(store, log, m)},
+		{"PUT", "/v1/transaction", handleCreateTransaction(store, log, m)},
 		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
 		{"GET", "/v1/events", handleEvents(store, log)},
 		{"GET", "/healthz", handleHealthz()},

@@ -23,11 +23,32 @@ type Health struct {
 // ShutDown makes /readyz fail so that load balancers stop sending requests.
 func (h *Health) ShutDown() { h.shuttingDown.Store(true) }
 
+// ShuttingDown reports whether ShutDown was called.
+func (h *Health) ShuttingDown() bool { return h.shuttingDown.Load() }
+
+// Option configures NewServer.
+type Option func(*options)
+
+type options struct {
+	metrics *Metrics
+	tokens  []Token
+}
+
+// WithMetrics records request and transaction metrics.
+func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
+
+// WithTokens turns access control on: every /v1 request needs one of these bearer tokens.
+func WithTokens(tokens []Token) Option { return func(o *options) { o.tokens = tokens } }
+
 // NewServer returns the whole API as one handler.
-func NewServer(store Store, log *slog.Logger, health *Health) http.Handler {
+func NewServer(store Store, log *slog.Logger, health *Health, opts ...Option) http.Handler {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	mux := http.NewServeMux()
 	allowed := map[string][]string{}
-	for _, rt := range routes(store, log, health) {
+	for _, rt := range routes(store, log, health, o.metrics) {
 		mux.Handle(rt.method+" "+rt.pattern, rt.handler)
 		allowed[rt.pattern] = append(allowed[rt.pattern], rt.method)
 	}
@@ -39,7 +60,11 @@ func NewServer(store Store, log *slog.Logger, health *Health) http.Handler {
 		status, p := newProblem("not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+"; see /api/docs", "")
 		writeProblem(w, status, p)
 	}))
-	return withRequestLog(log, withRecover(log, mux))
+	var h http.Handler = mux
+	if len(o.tokens) > 0 {
+		h = withAuth(o.tokens, h)
+	}
+	return withRequestLog(log, o.metrics, withRecover(log, h))
 }
 
 func methodNotAllowed(methods []string) http.Handler {
@@ -129,7 +154,7 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 
 // withRequestLog takes the request id from X-Request-ID (or makes one), echoes it, puts it in
 // the context for every log line, and logs one line per request.
-func withRequestLog(log *slog.Logger, next http.Handler) http.Handler {
+func withRequestLog(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-ID")
 		if !validRequestID(id) {
@@ -139,9 +164,13 @@ func withRequestLog(log *slog.Logger, next http.Handler) http.Handler {
 		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
 		rec := &statusRecorder{ResponseWriter: w}
 		start := time.Now()
-		next.ServeHTTP(rec, r.WithContext(ctx))
+		routed := r.WithContext(ctx)
+		next.ServeHTTP(rec, routed)
+		elapsed := time.Since(start)
+		// The mux records the matched pattern on the request it routed.
+		m.request(routed.Pattern, r.Method, rec.status, elapsed)
 		log.InfoContext(ctx, "request", "method", r.Method, "path", r.URL.Path,
-			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+			"status", rec.status, "duration_ms", float64(elapsed.Microseconds())/1000)
 	})
 }
 

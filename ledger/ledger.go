@@ -216,6 +216,10 @@ type Outcome struct {
 	Status   int
 	Body     []byte
 	Replayed bool // the uid was seen before: this is the first answer again
+	// RowsMoved counts the later transactions whose balance_after a back-dated transaction
+	// moved; zero for appends.
+	RowsMoved int64
+	BackDated bool // the transaction went before the user's latest one
 }
 
 // Cursor marks a position in a user's timeline: after (Time, Seq).

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -101,6 +102,7 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Rende
 func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
 	var out ledger.Outcome
 	err := db.withTx(ctx, func(tx pgx.Tx) error {
+		out = ledger.Outcome{} // a retried attempt starts afresh
 		// One round trip: lock the user, then look the uid up. Read committed gives the second
 		// statement a fresh snapshot taken after the lock is held, so it sees a duplicate that
 		// committed while this request waited.
@@ -162,6 +164,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 
 		d := ledger.Decide(req, state)
 		out.Tx = d.Tx
+		out.BackDated = state.BackDated(at)
 		out.Status, out.Body = render(d.Tx)
 		t := d.Tx
 		var reason *string
@@ -178,7 +181,11 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 			// Back-dating: every later applied transaction's balance moves by the same amount.
 			// Decide checked that none goes negative; the CHECK constraint is the backstop.
 			batch.Queue(`UPDATE transactions SET balance_after = balance_after + $3
-				WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2`, t.UserID, t.Timestamp, d.Shift)
+				WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2`, t.UserID, t.Timestamp, d.Shift).
+				Exec(func(tag pgconn.CommandTag) error {
+					out.RowsMoved = tag.RowsAffected()
+					return nil
+				})
 		}
 		lastTS := state.LastTime
 		if t.Status == ledger.Applied && t.Timestamp.After(lastTS) {

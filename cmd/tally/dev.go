@@ -78,6 +78,9 @@ func devServe(ctx context.Context, cfg config, log *slog.Logger, stderr io.Write
 		where += ", events on " + cfg.natsURL
 	}
 	cfg.relay = true
+	if !cfg.adminPortSet {
+		cfg.adminPort = "0"
+	}
 
 	serveCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

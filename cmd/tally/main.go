@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tally-ledger/tally/httpapi"
 	"github.com/tally-ledger/tally/postgres"
 	"github.com/tally-ledger/tally/relay"
@@ -106,6 +108,9 @@ type config struct {
 	eventSource     string
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
+	adminPort       string
+	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
+	tokens          []httpapi.Token
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -125,6 +130,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return cfg, fmt.Errorf("PORT %q is not a port number", p)
 		}
 		cfg.port = p
+	}
+	cfg.adminPort, cfg.adminPortSet = cmp.Or(getenv("ADMIN_PORT"), "9090"), getenv("ADMIN_PORT") != ""
+	if n, err := strconv.Atoi(cfg.adminPort); err != nil || n < 0 || n > 65535 {
+		return cfg, fmt.Errorf("ADMIN_PORT %q is not a port number", cfg.adminPort)
+	}
+	if v := getenv("TALLY_TOKENS"); v != "" {
+		tokens, err := httpapi.ParseTokens(v)
+		if err != nil {
+			return cfg, fmt.Errorf("TALLY_TOKENS: %w", err)
+		}
+		cfg.tokens = tokens
 	}
 	if v := getenv("MIGRATE_ON_START"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -170,12 +186,20 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		return err
 	}
 	defer db.Close()
+	reg := newRegistry()
+	reg.MustRegister(db.PoolCollector())
 	if cfg.relay {
+		r, nc, err := newRelay(cfg, db, log)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		reg.MustRegister(r.Collector())
 		relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
 		relayDone := make(chan struct{})
 		go func() {
 			defer close(relayDone)
-			if err := startRelay(relayCtx, cfg, db, log); err != nil {
+			if err := r.Run(relayCtx); err != nil {
 				log.Error("relay stopped", "error", err)
 			}
 		}()
@@ -184,8 +208,22 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 
 	health := &httpapi.Health{}
+	opts := []httpapi.Option{httpapi.WithMetrics(httpapi.NewMetrics(reg))}
+	if len(cfg.tokens) > 0 {
+		opts = append(opts, httpapi.WithTokens(cfg.tokens))
+	}
+	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, func(ctx context.Context) error {
+		if health.ShuttingDown() {
+			return errors.New("shutting down")
+		}
+		return db.Ready(ctx)
+	})
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 	srv := &http.Server{
-		Handler:           httpapi.NewServer(db, log, health),
+		Handler:           httpapi.NewServer(db, log, health, opts...),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -237,20 +275,34 @@ func runRelay(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer db.Close()
-	return startRelay(ctx, cfg, db, log)
-}
-
-func startRelay(ctx context.Context, cfg config, db *postgres.DB, log *slog.Logger) error {
-	log = log.With("component", "relay")
-	nc, err := relay.Connect(cfg.natsURL, log)
+	r, nc, err := newRelay(cfg, db, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention})
+	reg := newRegistry()
+	reg.MustRegister(db.PoolCollector(), r.Collector())
+	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, func(ctx context.Context) error {
+		return db.Pool().Ping(ctx)
+	})
 	if err != nil {
 		return err
 	}
-	log.Info("relay started", "nats", cfg.natsURL)
+	defer stopAdmin()
 	return r.Run(ctx)
+}
+
+func newRelay(cfg config, db *postgres.DB, log *slog.Logger) (*relay.Relay, *nats.Conn, error) {
+	log = log.With("component", "relay")
+	nc, err := relay.Connect(cfg.natsURL, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	log.Info("relay started", "nats", cfg.natsURL)
+	return r, nc, nil
 }

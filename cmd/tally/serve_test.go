@@ -24,7 +24,7 @@ func TestGracefulShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cfg, err := loadConfig(func(k string) string {
-		return map[string]string{"DATABASE_URL": url, "PORT": "0", "SHUTDOWN_DELAY": "700ms"}[k]
+		return map[string]string{"DATABASE_URL": url, "PORT": "0", "ADMIN_PORT": "0", "SHUTDOWN_DELAY": "700ms"}[k]
 	})
 	require.NoError(t, err)
 	listening := make(chan string, 1)

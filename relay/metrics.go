@@ -1,0 +1,54 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports whether this relay leads and, measured at scrape time, the outbox backlog
+// and the age of its oldest unpublished event.
+type collector struct {
+	r                       *Relay
+	leader, backlog, oldest *prometheus.Desc
+	published               *prometheus.Desc
+}
+
+// Collector returns the relay's Prometheus collector.
+func (r *Relay) Collector() prometheus.Collector {
+	return &collector{r: r,
+		leader:    prometheus.NewDesc("tally_relay_leader", "1 on the relay that holds the lease and publishes, 0 on a standby.", nil, nil),
+		backlog:   prometheus.NewDesc("tally_outbox_backlog", "Events not yet acknowledged by JetStream.", nil, nil),
+		oldest:    prometheus.NewDesc("tally_outbox_oldest_age_seconds", "Age of the oldest event not yet acknowledged by JetStream.", nil, nil),
+		published: prometheus.NewDesc("tally_relay_published_total", "Events this relay published and JetStream acknowledged.", nil, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.leader
+	ch <- c.backlog
+	ch <- c.oldest
+	ch <- c.published
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	leader := 0.0
+	if c.r.Leader() {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, leader)
+	ch <- prometheus.MustNewConstMetric(c.published, prometheus.CounterValue, float64(c.r.Published.Load()))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cursor, err := c.r.db.RelayCursor(ctx, cursorName)
+	if err != nil {
+		return
+	}
+	n, age, err := c.r.db.Backlog(ctx, cursor)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age.Seconds())
+}
