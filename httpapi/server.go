@@ -13,6 +13,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Health tracks whether the server should receive traffic.
@@ -122,6 +125,9 @@ func (h contextHandler) Handle(ctx context.Context, rec slog.Record) error {
 	if id := RequestID(ctx); id != "" {
 		rec.AddAttrs(slog.String("request_id", id))
 	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		rec.AddAttrs(slog.String("trace_id", sc.TraceID().String()))
+	}
 	return h.Handler.Handle(ctx, rec)
 }
 
@@ -169,6 +175,10 @@ func withRequestLog(log *slog.Logger, m *Metrics, next http.Handler) http.Handle
 		elapsed := time.Since(start)
 		// The mux records the matched pattern on the request it routed.
 		m.request(routed.Pattern, r.Method, rec.status, elapsed)
+		if span := trace.SpanFromContext(ctx); span.IsRecording() && routed.Pattern != "" {
+			span.SetName(routed.Pattern)
+			span.SetAttributes(attribute.String("http.route", routed.Pattern))
+		}
 		log.InfoContext(ctx, "request", "method", r.Method, "path", r.URL.Path,
 			"status", rec.status, "duration_ms", float64(elapsed.Microseconds())/1000)
 	})

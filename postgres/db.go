@@ -35,6 +35,7 @@ func Open(ctx context.Context, databaseURL string) (*DB, error) {
 	if cfg.ConnConfig.RuntimeParams == nil {
 		cfg.ConnConfig.RuntimeParams = map[string]string{}
 	}
+	cfg.ConnConfig.Tracer = tracer{}
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "tally"

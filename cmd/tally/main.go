@@ -53,6 +53,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log := httpapi.NewLogger(stdout, cfg.logLevel)
+	if args[0] == "serve" || args[0] == "relay" {
+		stopTracing, err := setupTracing(ctx, getenv, "tally-"+args[0])
+		if err != nil {
+			return fmt.Errorf("tracing: %w", err)
+		}
+		defer stopTracing(context.WithoutCancel(ctx)) //nolint:errcheck // best effort at exit
+	}
 	switch args[0] {
 	case "serve":
 		flags := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -223,7 +230,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 	defer stopAdmin()
 	srv := &http.Server{
-		Handler:           httpapi.NewServer(db, log, health, opts...),
+		Handler:           traced(httpapi.NewServer(db, log, health, opts...)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,

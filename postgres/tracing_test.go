@@ -1,0 +1,38 @@
+package postgres_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/tally-ledger/tally/internal/pgtest"
+)
+
+// Queries and batches become spans under the caller's span once a tracer provider is set.
+// Not parallel: it sets the global provider.
+func TestQueriesAreTraced(t *testing.T) {
+	recorder := tracetest.NewSpanRecorder()
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder))
+	previous := otel.GetTracerProvider()
+	otel.SetTracerProvider(provider)
+	t.Cleanup(func() { otel.SetTracerProvider(previous) })
+
+	db, _ := pgtest.NewDB(t)
+	ctx, parent := provider.Tracer("test").Start(context.Background(), "request")
+	_, err := db.CreateUser(ctx, "traced")
+	require.NoError(t, err)
+	parent.End()
+
+	var names []string
+	for _, s := range recorder.Ended() {
+		if s.Parent().TraceID() == parent.SpanContext().TraceID() {
+			names = append(names, s.Name())
+		}
+	}
+	require.Contains(t, names, "postgres.query")
+	require.Contains(t, names, "postgres.batch")
+}
