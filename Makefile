@@ -24,8 +24,10 @@ lint: $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GOBIN)/golangci-lint-$(GOLANGCI_VERSION) run ./...
+	docker-compose -f docker-compose.yml config -q
 
 gotest:
+	@mkdir -p bin
 	$(GO) test -race -count=1 -coverprofile=bin/coverage.out ./...
 	@$(GO) tool cover -func=bin/coverage.out | tail -1
 
@@ -38,3 +40,12 @@ fuzz:
 
 clean:
 	rm -rf bin .data
+
+# The container and Kubernetes manifests alone: the compose file parses (Debian's
+# docker-compose; no engine needed) and both kustomize overlays render and pass deploy/'s
+# checks (kustomize runs in-process in that test; `make test` runs both too). To read a
+# rendering: `go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 build deploy/k8s/overlays/prod`.
+.PHONY: manifests
+manifests:
+	docker-compose -f docker-compose.yml config -q
+	$(GO) test -count=1 ./deploy/
