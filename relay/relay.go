@@ -29,11 +29,11 @@ const cursorName = "jetstream"
 
 // Config tunes a relay; zero values take the defaults.
 type Config struct {
-	Stream        string // default DefaultStream
-	SubjectPrefix string // subjects are "<prefix>.<event type>"; default "tally"
-	Batch     int           // events per publish round; default 256
-	Poll      time.Duration // wait when the outbox is empty, and the standby's retry; default 100ms
-	Retention time.Duration // published events older than this are pruned; default 7 days
+	Stream        string        // default DefaultStream
+	SubjectPrefix string        // subjects are "<prefix>.<event type>"; default "tally"
+	Batch         int           // events per publish round; default 256
+	Poll          time.Duration // wait when the outbox is empty, and the standby's retry; default 100ms
+	Retention     time.Duration // published events older than this are pruned; default 7 days
 	// DuplicateWindow is the stream's de-duplication window. It must be longer than the time
 	// an event can spend published but not yet recorded as published; default 10 minutes.
 	DuplicateWindow time.Duration
