@@ -100,6 +100,57 @@ func (db *DB) runTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return tx.Commit(ctx)
 }
 
+// pipelinedTx is a read-committed transaction on one pooled connection whose BEGIN is sent
+// with the first batch and whose COMMIT with the last, saving two round trips a write.
+type pipelinedTx struct {
+	conn      *pgxpool.Conn
+	committed bool
+}
+
+func (tx *pipelinedTx) begin(ctx context.Context, batch *pgx.Batch) error {
+	queued := batch.QueuedQueries
+	batch.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, queued...)
+	return tx.conn.SendBatch(ctx, batch).Close()
+}
+
+func (tx *pipelinedTx) commit(ctx context.Context, batch *pgx.Batch) error {
+	batch.Queue("COMMIT")
+	if err := tx.conn.SendBatch(ctx, batch).Close(); err != nil {
+		return err
+	}
+	tx.committed = true
+	return nil
+}
+
+// withPipelinedTx runs fn in a pipelined transaction: fn must call begin first and commit
+// last. Without a commit the transaction is rolled back, even if ctx was cancelled.
+func (db *DB) withPipelinedTx(ctx context.Context, fn func(*pipelinedTx) error) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release() // a connection left in a transaction is closed, not reused
+	tx := &pipelinedTx{conn: conn}
+	err = fn(tx)
+	if !tx.committed {
+		if _, rbErr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rbErr != nil && err == nil {
+			err = rbErr
+		}
+	}
+	return err
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 func retryable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

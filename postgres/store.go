@@ -88,24 +88,31 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 // balance in one database transaction. A uid seen before gets its first answer back, or an
 // idempotency conflict if the body differs.
 func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
-	for {
+	for attempt := 1; ; attempt++ {
 		out, err := db.apply(ctx, req, render)
-		// Another request with this uid committed first, for another user (same-user duplicates
-		// queue on the row lock instead). The next attempt finds its row.
-		if isUniqueViolation(err) {
+		switch {
+		case isUniqueViolation(err):
+			// Another request with this uid committed first, for another user (same-user
+			// duplicates queue on the row lock instead). The next attempt finds its row.
+			continue
+		case retryable(err) && attempt < maxAttempts:
+			if !sleep(ctx, time.Duration(attempt*attempt)*5*time.Millisecond) {
+				return out, errors.Join(err, ctx.Err())
+			}
 			continue
 		}
 		return out, err
 	}
 }
 
+// apply is one attempt. Its transaction costs two round trips: BEGIN travels with the first
+// batch and COMMIT with the last.
 func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
 	var out ledger.Outcome
-	err := db.withTx(ctx, func(tx pgx.Tx) error {
-		out = ledger.Outcome{} // a retried attempt starts afresh
-		// One round trip: lock the user, then look the uid up. Read committed gives the second
-		// statement a fresh snapshot taken after the lock is held, so it sees a duplicate that
-		// committed while this request waited.
+	err := db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
+		// Lock the user, then look the uid up. Read committed gives the second statement a
+		// fresh snapshot taken after the lock is held, so it sees a duplicate that committed
+		// while this request waited.
 		batch := &pgx.Batch{}
 		var state ledger.UserState
 		var lastTime *time.Time
@@ -131,7 +138,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 				o.Tx, o.Replayed, existing = t, true, &o
 				return err
 			})
-		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		if err := tx.begin(ctx, batch); err != nil {
 			return err
 		}
 		if existing != nil {
@@ -151,7 +158,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		at := req.EffectiveTime(state.Now)
 		if state.BackDated(at) {
 			var minAfter, maxAfter *ledger.Amount
-			err := tx.QueryRow(ctx, "SELECT "+balanceAtSQL+", min(balance_after), max(balance_after) "+
+			err := tx.conn.QueryRow(ctx, "SELECT "+balanceAtSQL+", min(balance_after), max(balance_after) "+
 				"FROM transactions WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2", req.UserID, at,
 			).Scan(&state.BalanceBefore, &minAfter, &maxAfter)
 			if err != nil {
@@ -199,7 +206,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		db.queueEvents(batch, events...)
 		batch.Queue("UPDATE users SET balance = $2, last_seq = $3, last_ts = $4, event_seq = $5 WHERE id = $1",
 			t.UserID, d.NewBalance, t.Seq, lastTSArg, eventSeq+int64(len(events)))
-		return tx.SendBatch(ctx, batch).Close()
+		return tx.commit(ctx, batch)
 	})
 	return out, err
 }
