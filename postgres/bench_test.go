@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -10,12 +11,47 @@ import (
 
 	"github.com/tally-ledger/tally/internal/pgtest"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/postgres"
 )
 
-// BenchmarkBalanceAt reads a balance at a date in the middle of histories of different lengths.
-// Run: go test ./postgres -run '^$' -bench BalanceAt -count 5
+// BenchmarkBalanceAt reads a balance at a date in the middle of histories of different
+// lengths, and the current balance of the same users.
+// Run: go test ./postgres -run '^$' -bench 'BalanceAt|CurrentBalance' -count 5
 func BenchmarkBalanceAt(b *testing.B) {
-	for _, n := range []int{100, 20_000} {
+	benchmarkHistories(b, func(b *testing.B, db *postgres.DB, user int64, n int) {
+		mid := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(n/2) * time.Minute)
+		for b.Loop() {
+			got, err := db.UserAt(context.Background(), user, mid)
+			if err != nil || got.Balance != ledger.Amount(n/2) {
+				b.Fatalf("balance %v, %v", got.Balance, err)
+			}
+		}
+	})
+}
+
+func BenchmarkCurrentBalance(b *testing.B) {
+	benchmarkHistories(b, func(b *testing.B, db *postgres.DB, user int64, n int) {
+		for b.Loop() {
+			got, err := db.User(context.Background(), user)
+			if err != nil || got.Balance != ledger.Amount(n) {
+				b.Fatalf("balance %v, %v", got.Balance, err)
+			}
+		}
+	})
+}
+
+// historySizes are the history lengths compared; BENCH_LONG_HISTORY adds one of a million.
+func historySizes() []int {
+	sizes := []int{100, 1_000, 20_000}
+	if os.Getenv("BENCH_LONG_HISTORY") != "" {
+		sizes = append(sizes, 1_000_000)
+	}
+	return sizes
+}
+
+// benchmarkHistories runs read for a user with n transactions of 0.01 each, one a minute.
+func benchmarkHistories(b *testing.B, read func(b *testing.B, db *postgres.DB, user int64, n int)) {
+	for _, n := range historySizes() {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
 			db, _ := pgtest.NewDB(b)
 			ctx := context.Background()
@@ -31,17 +67,13 @@ func BenchmarkBalanceAt(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			if _, err := db.Pool().Exec(ctx, "UPDATE users SET balance = $2 WHERE id = $1", u.ID, n); err != nil {
+				b.Fatal(err)
+			}
 			if _, err := db.Pool().Exec(ctx, "VACUUM ANALYZE transactions"); err != nil {
 				b.Fatal(err)
 			}
-			mid := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(n/2) * time.Minute)
-			b.ResetTimer()
-			for b.Loop() {
-				got, err := db.UserAt(ctx, u.ID, mid)
-				if err != nil || got.Balance != ledger.Amount(n/2) {
-					b.Fatalf("balance %v, %v", got.Balance, err)
-				}
-			}
+			read(b, db, u.ID, n)
 		})
 	}
 }
