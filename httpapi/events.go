@@ -1,13 +1,11 @@
 package httpapi
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tally-ledger/tally/ledger"
@@ -96,25 +94,13 @@ func parseEventsQuery(r *http.Request) (ledger.EventCursor, int, time.Duration, 
 	return after, limit, wait, nil
 }
 
-// An event cursor is opaque to clients: base64url of "<txid>.<position>".
-func encodeEventCursor(c ledger.EventCursor) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", c.TxID, c.Position)))
-}
+// An event cursor is "<txid>.<position>".
+func encodeEventCursor(c ledger.EventCursor) string { return encodePair(c.TxID, c.Position) }
 
 func decodeEventCursor(s string) (ledger.EventCursor, error) {
-	bad := ledger.Invalid("after", "after is not a cursor this service returned; pass `next` from the previous page, or nothing to start at the beginning")
-	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
-		return ledger.EventCursor{}, bad
+	txid, position, ok := decodePair(s)
+	if !ok || txid < 0 || position < 0 {
+		return ledger.EventCursor{}, ledger.Invalid("after", "after is not a cursor this service returned; pass `next` from the previous page, or nothing to start at the beginning")
 	}
-	txid, position, ok := strings.Cut(string(raw), ".")
-	if !ok {
-		return ledger.EventCursor{}, bad
-	}
-	t, err1 := strconv.ParseInt(txid, 10, 64)
-	p, err2 := strconv.ParseInt(position, 10, 64)
-	if err1 != nil || err2 != nil || t < 0 || p < 0 {
-		return ledger.EventCursor{}, bad
-	}
-	return ledger.EventCursor{TxID: t, Position: p}, nil
+	return ledger.EventCursor{TxID: txid, Position: position}, nil
 }

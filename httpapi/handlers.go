@@ -243,29 +243,30 @@ func parseHistoryQuery(r *http.Request) (ledger.HistoryQuery, error) {
 	return q, nil
 }
 
-// A cursor is opaque to clients: base64url of "<unix microseconds>.<seq>".
-func encodeCursor(c ledger.Cursor) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", c.Time.UnixMicro(), c.Seq)))
+// Cursors are opaque to clients: base64url of two integers, "<a>.<b>".
+func encodePair(a, b int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", a, b)))
 }
 
-func decodeCursor(s string) (ledger.Cursor, error) {
-	bad := ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
+func decodePair(s string) (a, b int64, ok bool) {
 	raw, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
-		return ledger.Cursor{}, bad
+		return 0, 0, false
 	}
-	micros, seq, ok := strings.Cut(string(raw), ".")
-	if !ok {
-		return ledger.Cursor{}, bad
-	}
-	us, err1 := strconv.ParseInt(micros, 10, 64)
-	n, err2 := strconv.ParseInt(seq, 10, 64)
-	if err1 != nil || err2 != nil {
-		return ledger.Cursor{}, bad
-	}
-	c := ledger.Cursor{Time: time.UnixMicro(us).UTC(), Seq: n}
-	if y := c.Time.Year(); y < 1 || y > 9999 {
-		return ledger.Cursor{}, bad
+	first, second, found := strings.Cut(string(raw), ".")
+	a, err1 := strconv.ParseInt(first, 10, 64)
+	b, err2 := strconv.ParseInt(second, 10, 64)
+	return a, b, found && err1 == nil && err2 == nil
+}
+
+// A history cursor is "<unix microseconds>.<seq>".
+func encodeCursor(c ledger.Cursor) string { return encodePair(c.Time.UnixMicro(), c.Seq) }
+
+func decodeCursor(s string) (ledger.Cursor, error) {
+	micros, seq, ok := decodePair(s)
+	c := ledger.Cursor{Time: time.UnixMicro(micros).UTC(), Seq: seq}
+	if y := c.Time.Year(); !ok || y < 1 || y > 9999 {
+		return ledger.Cursor{}, ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
 	}
 	return c, nil
 }
