@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,7 +33,7 @@ type Config struct {
 	Stream        string        // default DefaultStream
 	SubjectPrefix string        // subjects are "<prefix>.<event type>"; default "tally"
 	Batch         int           // events per publish round; default 256
-	Poll          time.Duration // wait when the outbox is empty, and the standby's retry; default 100ms
+	Poll          time.Duration // wait when the outbox is empty; default 25ms (standbys retry at 10×)
 	Retention     time.Duration // published events older than this are pruned; default 7 days
 	// DuplicateWindow is the stream's de-duplication window. It must be longer than the time
 	// an event can spend published but not yet recorded as published; default 10 minutes.
@@ -51,7 +52,7 @@ func (c *Config) defaults() {
 		c.Batch = 256
 	}
 	if c.Poll <= 0 {
-		c.Poll = 100 * time.Millisecond
+		c.Poll = 25 * time.Millisecond
 	}
 	if c.Retention <= 0 {
 		c.Retention = 7 * 24 * time.Hour
@@ -178,15 +179,35 @@ func (r *Relay) wait(ctx context.Context, backoff time.Duration) time.Duration {
 	return min(backoff*2, r.cfg.MaxBackoff)
 }
 
+// ensureStream creates the stream if it is missing. An existing stream keeps the limits and
+// replicas its operators gave it; only a missing subject or a de-duplication window shorter
+// than the relay needs is changed.
 func (r *Relay) ensureStream(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err := r.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       r.cfg.Stream,
-		Subjects:   []string{r.cfg.SubjectPrefix + ".>"},
-		Storage:    jetstream.FileStorage,
-		Duplicates: r.cfg.DuplicateWindow,
-	})
+	subject := r.cfg.SubjectPrefix + ".>"
+	stream, err := r.js.Stream(ctx, r.cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = r.js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:       r.cfg.Stream,
+			Subjects:   []string{subject},
+			Storage:    jetstream.FileStorage,
+			Duplicates: r.cfg.DuplicateWindow,
+		})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	cfg := stream.CachedInfo().Config
+	if slices.Contains(cfg.Subjects, subject) && cfg.Duplicates >= r.cfg.DuplicateWindow {
+		return nil
+	}
+	if !slices.Contains(cfg.Subjects, subject) {
+		cfg.Subjects = append(cfg.Subjects, subject)
+	}
+	cfg.Duplicates = max(cfg.Duplicates, r.cfg.DuplicateWindow)
+	_, err = r.js.UpdateStream(ctx, cfg)
 	return err
 }
 

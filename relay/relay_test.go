@@ -226,3 +226,22 @@ func TestRelayStopsWithItsContext(t *testing.T) {
 	require.NoError(t, err)
 	lease.Release()
 }
+
+// A stream that exists keeps what its operators configured; the relay only adds its subject.
+func TestRelayKeepsStreamLimits(t *testing.T) {
+	f := setup(t, natsURL())
+	_, err := f.js.CreateStream(f.ctx, jetstream.StreamConfig{Name: f.cfg.Stream, Subjects: []string{"other.>"},
+		MaxAge: time.Hour, MaxBytes: 1 << 30, Duplicates: time.Hour})
+	require.NoError(t, err)
+	f.write(t, 1, 1)
+	f.start(t, f.nc)
+	f.streamEvents(t, f.js, f.events)
+	s, err := f.js.Stream(f.ctx, f.cfg.Stream)
+	require.NoError(t, err)
+	info, err := s.Info(f.ctx)
+	require.NoError(t, err)
+	require.Equal(t, time.Hour, info.Config.MaxAge)
+	require.Equal(t, int64(1<<30), info.Config.MaxBytes)
+	require.Equal(t, time.Hour, info.Config.Duplicates)
+	require.ElementsMatch(t, []string{"other.>", f.cfg.SubjectPrefix + ".>"}, info.Config.Subjects)
+}
