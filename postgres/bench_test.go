@@ -92,3 +92,50 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBackdated measures a back-dated deposit as a function of the rows after it: each
+// one goes just before the last k of a 20,000-transaction history, so k rows move every time.
+// Run: go test ./postgres -run '^$' -bench Backdated -count 5
+func BenchmarkBackdated(b *testing.B) {
+	for _, k := range []int{0, 10, 100, 1_000, 10_000} {
+		b.Run(fmt.Sprintf("after=%d", k), func(b *testing.B) {
+			const n = 20_000
+			db, _ := pgtest.NewDB(b)
+			ctx := context.Background()
+			u, err := db.CreateUser(ctx, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+			_, err = db.Pool().Exec(ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts,
+				timestamp_given, status, balance_after, response_status, response_body)
+				SELECT gen_random_uuid(), $1, g, 'DEPOSIT', 1, $2::timestamptz + g * interval '1 minute',
+				       true, 'APPLIED', g, 200, '\x'
+				FROM generate_series(1, $3::int) g`, u.ID, start, n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			last := start.Add(n * time.Minute)
+			if _, err := db.Pool().Exec(ctx, "UPDATE users SET balance = $2, last_seq = $2, last_ts = $3 WHERE id = $1", u.ID, n, last); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := db.Pool().Exec(ctx, "VACUUM ANALYZE transactions"); err != nil {
+				b.Fatal(err)
+			}
+			// Just after the (n-k)th row: exactly k rows follow; earlier inserts stay before them.
+			at := start.Add(time.Duration(n-k)*time.Minute + time.Second)
+			var moved int64
+			for b.Loop() {
+				out, err := db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 1, Timestamp: &at}, render)
+				if err != nil || out.Status != 200 {
+					b.Fatalf("status %d, %v", out.Status, err)
+				}
+				moved = out.RowsMoved
+			}
+			if moved != int64(k) {
+				b.Fatalf("moved %d rows, want %d", moved, k)
+			}
+			b.ReportMetric(float64(moved), "rows-moved")
+		})
+	}
+}
