@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tally-ledger/tally/bench"
 	"github.com/tally-ledger/tally/httpapi"
 	"github.com/tally-ledger/tally/postgres"
 	"github.com/tally-ledger/tally/relay"
@@ -41,6 +42,7 @@ commands:
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
   demo      load the demo data (DATABASE_URL)
+  bench     load the API and report latencies; --verify audits the result (tally bench -h)
 `
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -94,6 +96,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return errors.New("DATABASE_URL is not set")
 		}
 		return loadDemo(ctx, cfg.databaseURL, log)
+	case "bench":
+		return bench.Run(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
