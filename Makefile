@@ -6,7 +6,7 @@ GOBIN := $(CURDIR)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
 export TEST_DATABASE_URL
 
-.PHONY: build run test lint gotest acceptance fuzz clean
+.PHONY: build run test lint gotest acceptance fuzz bench chaos clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/tally ./cmd/tally
@@ -43,6 +43,13 @@ acceptance: build
 fuzz:
 	$(GO) test ./ledger -run='^$$' -fuzz=FuzzParseAmount -fuzztime=30s
 	$(GO) test ./ledger -run='^$$' -fuzz=FuzzParseTime -fuzztime=30s
+
+# Measurements and fault injection: minutes long, never part of `make test`.
+bench:
+	bench/run.sh
+
+chaos:
+	bench/chaos.sh
 
 clean:
 	rm -rf bin .data

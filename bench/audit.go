@@ -101,7 +101,7 @@ func (b *bench) audit(ctx context.Context, writes []writeRecord) (*AuditResult, 
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only; nothing to undo
 	a := &auditor{b: b, tx: tx, users: b.users, result: &AuditResult{}}
 	for _, step := range []func(context.Context, []writeRecord) error{
-		a.checkStored, a.checkResend, a.checkBalances, a.checkBalancesAt, a.checkChain, a.checkOutbox,
+		a.checkStored, a.checkResend, a.checkBalances, a.checkBalancesAt, a.checkChain, a.checkOutbox, a.checkStream,
 	} {
 		if err := step(ctx, writes); err != nil {
 			return nil, err

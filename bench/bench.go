@@ -61,6 +61,10 @@ type config struct {
 	writesFile    string
 	verify        bool
 	verifySample  int
+	natsURL       string
+	stream        string
+	subjectPrefix string
+	streamWait    time.Duration
 }
 
 // listFlag collects a repeatable, comma-separated flag.
@@ -128,6 +132,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	flags.StringVar(&cfg.jsonFile, "json", "", "write the results, with a per-second time series, to this JSON file")
 	flags.StringVar(&cfg.writesFile, "writes", "", "write every write sent (uid, user, type, amount, timestamp, first answer) to this JSON-lines file")
 	flags.BoolVar(&cfg.verify, "verify", false, "after the load, audit the API and the database (needs --database-url)")
+	flags.StringVar(&cfg.natsURL, "nats-url", "", "with --verify: also check that every applied transaction reached this NATS server's stream exactly once")
+	flags.StringVar(&cfg.stream, "stream", "TALLY", "the JetStream stream --nats-url reads")
+	flags.StringVar(&cfg.subjectPrefix, "subject-prefix", "tally", "the stream's subject prefix")
+	flags.DurationVar(&cfg.streamWait, "stream-wait", time.Minute, "how long --nats-url waits for the relay to deliver every applied transaction")
 	flags.IntVar(&cfg.verifySample, "verify-sample", 100, "how many refused and applied uids --verify sends again, and users whose past balance it reads")
 	if err := flags.Parse(args); err != nil {
 		return cfg, err

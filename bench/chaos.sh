@@ -42,6 +42,7 @@ nats_port=14222
 start_nats() {
 	"$nats_bin" -a 127.0.0.1 -p $nats_port -js -sd "$out/nats" >>"$out/nats.log" 2>&1 &
 	nats=$!
+	disown
 }
 start_nats
 
@@ -50,12 +51,14 @@ start_serve() { # index
 	DATABASE_URL=$db_url PORT=$((18001 + $1)) ADMIN_PORT=0 LOG_LEVEL=warn \
 		bin/tally serve >>"$out/serve-$1.log" 2>&1 &
 	serve[$1]=$!
+	disown
 }
 relay=()
 start_relay() { # index
 	DATABASE_URL=$db_url NATS_URL=nats://127.0.0.1:$nats_port ADMIN_PORT=0 LOG_LEVEL=info \
 		bin/tally relay >>"$out/relay-$1.log" 2>&1 &
 	relay[$1]=$!
+	disown
 }
 for i in 0 1 2; do start_serve $i; done
 for i in 0 1; do start_relay $i; done
@@ -67,11 +70,21 @@ note "3 serve instances, 2 relays, NATS on :$nats_port ready"
 urls="http://127.0.0.1:18001,http://127.0.0.1:18002,http://127.0.0.1:18003"
 bin/tally bench --url "$urls" --database-url "$db_url" --workers "$workers" --duration "${duration}s" \
 	--users 200 --retry-share 0.1 --backdate-share 0.05 --verify --json "$out/chaos.json" \
+	--nats-url "nats://127.0.0.1:$nats_port" \
 	>"$out/bench.log" 2>"$out/bench.progress" &
 bench=$!
 pids+=("$bench")
 
 elapsed() { since | cut -d. -f1; }
+# Faults start once the load does: the bench creates its users first, and a user creation cut
+# off by a crash is not retried (it has no idempotency key).
+for _ in $(seq 1 600); do
+	[ -s "$out/bench.progress" ] && break
+	kill -0 "$bench" 2>/dev/null || break
+	sleep 0.1
+done
+note "load running"
+
 pg_done=0 nats_done=0 relay_done=0
 t0=$(elapsed)
 while kill -0 "$bench" 2>/dev/null; do
@@ -91,7 +104,7 @@ while kill -0 "$bench" 2>/dev/null; do
 	fi
 	if [ $nats_done = 0 ] && [ "$t" -ge $((duration / 2)) ]; then
 		kill "$nats" 2>/dev/null || true
-		wait "$nats" 2>/dev/null || true
+		while kill -0 "$nats" 2>/dev/null; do sleep 0.1; done
 		note "NATS stopped for 20 s"
 		( sleep 20 ) & pids+=($!)
 		nats_stop_at=$(elapsed)

@@ -1,0 +1,141 @@
+// Command plot draws the figures of docs/performance.md from the tables bench/run.sh writes.
+//
+//	go run ./bench/plot -in bin/bench -out docs/img
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+func main() {
+	in := flag.String("in", "bin/bench", "directory with throughput.tsv, latency.tsv and backdating.tsv")
+	out := flag.String("out", "docs/img", "directory for the PNG files")
+	flag.Parse()
+	if err := run(*in, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "plot:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, out string) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	for _, fig := range []struct {
+		table, png string
+		draw       func([][]string) (*plot.Plot, error)
+	}{
+		{"throughput.tsv", "throughput.png", throughput},
+		{"latency.tsv", "latency.png", latency},
+		{"backdating.tsv", "backdating.png", backdating},
+	} {
+		rows, err := readTable(filepath.Join(in, fig.table))
+		if err != nil {
+			return err
+		}
+		p, err := fig.draw(rows)
+		if err != nil {
+			return fmt.Errorf("%s: %w", fig.table, err)
+		}
+		if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, filepath.Join(out, fig.png)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readTable reads tab-separated rows, skipping a header line starting with '#'.
+func readTable(path string) ([][]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var rows [][]string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		line := strings.TrimSpace(s.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		rows = append(rows, strings.Split(line, "\t"))
+	}
+	return rows, s.Err()
+}
+
+func num(s string) float64 {
+	v, _ := strconv.ParseFloat(s, 64) // tables are written by run.sh; a bad cell plots as 0
+	return v
+}
+
+func median(vs []float64) float64 {
+	slices.Sort(vs)
+	return vs[len(vs)/2]
+}
+
+// throughput: rows "system clients round tps"; the median of the rounds per system and count.
+func throughput(rows [][]string) (*plot.Plot, error) {
+	samples := map[string]map[float64][]float64{}
+	for _, r := range rows {
+		system, clients := r[0], num(r[1])
+		if samples[system] == nil {
+			samples[system] = map[float64][]float64{}
+		}
+		samples[system][clients] = append(samples[system][clients], num(r[3]))
+	}
+	p := plot.New()
+	p.Title.Text = "Write throughput against concurrent clients"
+	p.X.Label.Text = "clients"
+	p.Y.Label.Text = "writes per second (median of rounds)"
+	var lines []any
+	for _, system := range []string{"pgbench baseline", "tally"} {
+		var pts plotter.XYs
+		for clients, tps := range samples[system] {
+			pts = append(pts, plotter.XY{X: clients, Y: median(tps)})
+		}
+		slices.SortFunc(pts, func(a, b plotter.XY) int { return int(a.X - b.X) })
+		lines = append(lines, system, pts)
+	}
+	return p, plotutil.AddLinePoints(p, lines...)
+}
+
+// latency: rows "offered_rate p50_ms p99_ms p999_ms" of open-loop write runs.
+func latency(rows [][]string) (*plot.Plot, error) {
+	var p50, p99, p999 plotter.XYs
+	for _, r := range rows {
+		rate := num(r[0])
+		p50 = append(p50, plotter.XY{X: rate, Y: num(r[1])})
+		p99 = append(p99, plotter.XY{X: rate, Y: num(r[2])})
+		p999 = append(p999, plotter.XY{X: rate, Y: num(r[3])})
+	}
+	p := plot.New()
+	p.Title.Text = "Write latency against offered load (open loop)"
+	p.X.Label.Text = "offered writes per second"
+	p.Y.Label.Text = "latency, ms"
+	return p, plotutil.AddLinePoints(p, "p50", p50, "p99", p99, "p99.9", p999)
+}
+
+// backdating: rows "rows_after ms_per_write".
+func backdating(rows [][]string) (*plot.Plot, error) {
+	var pts plotter.XYs
+	for _, r := range rows {
+		pts = append(pts, plotter.XY{X: num(r[0]), Y: num(r[1])})
+	}
+	p := plot.New()
+	p.Title.Text = "Cost of a back-dated write against the rows after it"
+	p.X.Label.Text = "transactions after its instant"
+	p.Y.Label.Text = "ms per write (median)"
+	return p, plotutil.AddLinePoints(p, "back-dated deposit", pts)
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# make bench: every figure of docs/performance.md, measured side by side in one run on this
+# machine, then plotted. Not part of `make test`: it takes about ten minutes.
+#
+#   BENCH_ROUNDS=3 BENCH_SECONDS=15 bench/run.sh
+#
+# Tables land in bin/bench/, plots in docs/img/, a summary on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${BENCH_ROUNDS:-3}
+secs=${BENCH_SECONDS:-15}
+users=${BENCH_USERS:-1000}
+pool=${BENCH_POOL:-16}
+admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+out=bin/bench
+rm -rf "$out" && mkdir -p "$out"
+make -s build
+
+db_url() { echo "$admin_url" | sed -E "s#/[^/?]+(\?|$)#/$1\1#"; }
+server=
+cleanup() {
+	[ -n "$server" ] && kill "$server" 2>/dev/null || true
+	psql -q "$admin_url" -c "DROP DATABASE IF EXISTS tally_bench WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# start_tally: a fresh database and one `tally serve` on :18080 with a pool of $pool.
+start_tally() {
+	cleanup
+	psql -q "$admin_url" -c "CREATE DATABASE tally_bench"
+	url="$(db_url tally_bench)"
+	case "$url" in *\?*) url="$url&pool_max_conns=$pool" ;; *) url="$url?pool_max_conns=$pool" ;; esac
+	DATABASE_URL=$url PORT=18080 ADMIN_PORT=0 LOG_LEVEL=warn bin/tally serve >"$out/serve.log" 2>&1 &
+	server=$!
+	for _ in $(seq 1 200); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && return; sleep 0.05; done
+	echo "tally did not become ready" >&2
+	exit 1
+}
+stop_tally() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
+
+# Writes only: half deposits, half withdrawals, no duplicates or back-dating.
+writes="--deposit 50 --withdraw 50 --balance 0 --balance-at 0 --retry-share 0 --backdate-share 0 --users $users"
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+# 1. Throughput: the pgbench baseline and tally at 16 and 64 clients, alternating, $rounds rounds.
+printf '# system\tclients\tround\ttps\n' >"$out/throughput.tsv"
+printf '# clients\tround\tpeak_rss_kib\n' >"$out/rss.tsv"
+for round in $(seq 1 "$rounds"); do
+	for clients in 16 64; do
+		tps=$(bench/baseline.sh "$clients" "$secs" "$users" | sed -n 's/^baseline: \([0-9.]*\) tps.*/\1/p')
+		printf 'pgbench baseline\t%s\t%s\t%s\n' "$clients" "$round" "$tps" >>"$out/throughput.tsv"
+		start_tally
+		peak=0
+		( while kill -0 "$server" 2>/dev/null; do grep VmRSS "/proc/$server/status" | awk '{print $2}'; sleep 0.2; done ) >"$out/rss.samples" &
+		sampler=$!
+		bin/tally bench --url http://127.0.0.1:18080 --workers "$clients" --duration "${secs}s" $writes \
+			--json "$out/tally-$clients-$round.json" >"$out/tally-$clients-$round.txt" 2>/dev/null
+		stop_tally
+		wait "$sampler" 2>/dev/null || true
+		peak=$(sort -n "$out/rss.samples" | tail -1)
+		printf '%s\t%s\t%s\n' "$clients" "$round" "$peak" >>"$out/rss.tsv"
+		tps=$(json "$out/tally-$clients-$round.json" "d['throughput']")
+		printf 'tally\t%s\t%s\t%s\n' "$clients" "$round" "$tps" >>"$out/throughput.tsv"
+		echo "round $round, $clients clients: baseline and tally measured"
+	done
+done
+
+# 2. Latency against offered load (open loop), up to the measured peak at 16 clients.
+peak=$(awk -F'\t' '$1 == "tally" && $2 == 16 { print $4 }' "$out/throughput.tsv" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+printf '# offered_rate\tp50_ms\tp99_ms\tp999_ms\n' >"$out/latency.tsv"
+for share in 0.25 0.5 0.75 0.9; do
+	rate=$(awk -v p="$peak" -v s="$share" 'BEGIN { printf "%d", p * s }')
+	start_tally
+	bin/tally bench --url http://127.0.0.1:18080 --rate "$rate" --workers 64 --duration "${secs}s" $writes \
+		--json "$out/rate-$rate.json" >"$out/rate-$rate.txt" 2>/dev/null
+	stop_tally
+	json "$out/rate-$rate.json" "'\t'.join(['$rate'] + [str(o[k]) for o in d['ops'] if o['name'] == 'all' for k in ('p50_ms', 'p99_ms', 'p999_ms')])" >>"$out/latency.tsv"
+done
+
+# 3. History: balance reads for 100 to 1,000,000 transactions; 4. back-dating cost.
+BENCH_LONG_HISTORY=1 go test ./postgres -run '^$' -bench 'BalanceAt|CurrentBalance' -benchtime 2000x -count 5 >"$out/history.txt"
+go test ./postgres -run '^$' -bench 'Backdated' -count 3 >"$out/backdated.txt"
+printf '# rows_after\tms_per_write\n' >"$out/backdating.tsv"
+grep -E '^BenchmarkBackdated' "$out/backdated.txt" |
+	sed -E 's#.*after=([0-9]+)-[0-9]+[[:space:]]+[0-9]+[[:space:]]+([0-9.]+) ns/op.*#\1 \2#' |
+	sort -n -k1,1 -k2,2 | awk '{ a[$1] = a[$1] " " $2 } END { for (k in a) { n = split(a[k], v, " "); printf "%s\t%.3f\n", k, v[int((n + 1) / 2)] / 1e6 } }' |
+	sort -n >>"$out/backdating.tsv"
+
+# 5. Start to ready, migrations already applied: ten starts.
+start_tally
+stop_tally
+printf '# start_to_ready_ms\n' >"$out/ready.tsv"
+for _ in $(seq 1 10); do
+	t0=$(date +%s%N)
+	DATABASE_URL="$(db_url tally_bench)" PORT=18080 ADMIN_PORT=0 LOG_LEVEL=warn bin/tally serve >/dev/null 2>&1 &
+	server=$!
+	until curl -sf http://127.0.0.1:18080/readyz >/dev/null; do sleep 0.005; done
+	echo $(( ($(date +%s%N) - t0) / 1000000 )) >>"$out/ready.tsv"
+	stop_tally
+done
+
+go run ./bench/plot -in "$out" -out docs/img
+
+echo
+echo "== throughput (writes/s): system, clients, rounds"
+awk -F'\t' 'NR > 1 { v[$1 "\t" $2] = v[$1 "\t" $2] " " $4 } END { for (k in v) print k "\t" v[k] }' "$out/throughput.tsv" | sort
+echo "== peak RSS of tally serve (KiB): clients, round"
+tail -n +2 "$out/rss.tsv"
+echo "== latency against offered load: rate, p50, p99, p99.9 (ms)"
+tail -n +2 "$out/latency.tsv"
+echo "== history"
+grep -E '^Benchmark' "$out/history.txt"
+echo "== back-dating: rows after, ms per write"
+tail -n +2 "$out/backdating.tsv"
+echo "== start to ready (ms)"
+tail -n +2 "$out/ready.tsv" | sort -n | tr '\n' ' '
+echo
