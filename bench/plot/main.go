@@ -62,7 +62,7 @@ func readTable(path string) ([][]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read only
 	var rows [][]string
 	s := bufio.NewScanner(f)
 	for s.Scan() {
