@@ -28,7 +28,7 @@ var problems = map[ledger.Code]problemKind{
 	codeBodyTooLarge:               {http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large"},
 	codeUnsupportedMedia:           {http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"},
 	codeMethodNotAllowed:           {http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"},
-	codeUnavailable:                {http.StatusServiceUnavailable, "unavailable", "Service unavailable"},
+	ledger.CodeUnavailable:         {http.StatusServiceUnavailable, "unavailable", "Service unavailable"},
 	codeUnauthorized:               {http.StatusUnauthorized, "unauthorized", "Unauthorized"},
 	codeForbidden:                  {http.StatusForbidden, "forbidden", "Forbidden"},
 	codeInternal:                   {http.StatusInternalServerError, "internal", "Internal error"},
@@ -39,7 +39,6 @@ const (
 	codeBodyTooLarge     ledger.Code = "body_too_large"
 	codeUnsupportedMedia ledger.Code = "unsupported_media_type"
 	codeMethodNotAllowed ledger.Code = "method_not_allowed"
-	codeUnavailable      ledger.Code = "unavailable"
 	codeUnauthorized     ledger.Code = "unauthorized"
 	codeForbidden        ledger.Code = "forbidden"
 	codeInternal         ledger.Code = "internal"
@@ -70,6 +69,10 @@ func newProblem(code ledger.Code, detail, field string) (int, problem) {
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var e *ledger.Error
 	if errors.As(err, &e) {
+		if e.Code == ledger.CodeUnavailable {
+			log.WarnContext(r.Context(), "database unavailable", "error", err)
+			w.Header().Set("Retry-After", "1")
+		}
 		status, p := newProblem(e.Code, e.Detail, e.Field)
 		writeProblem(w, status, p)
 		return
@@ -77,7 +80,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	if r.Context().Err() != nil {
 		// The client went away; nobody reads the answer.
 		log.InfoContext(r.Context(), "request cancelled", "error", err)
-		status, p := newProblem(codeUnavailable, "the request was cancelled", "")
+		status, p := newProblem(ledger.CodeUnavailable, "the request was cancelled", "")
 		writeProblem(w, status, p)
 		return
 	}

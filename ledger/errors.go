@@ -15,6 +15,8 @@ const (
 	CodeInsufficientFunds   Code = "insufficient_funds"
 	CodeBalanceLimit        Code = "balance_limit_exceeded"
 	CodeIdempotencyConflict Code = "idempotency_conflict"
+	// CodeUnavailable means the database could not be reached; the request may be retried.
+	CodeUnavailable Code = "unavailable"
 )
 
 // Error is a domain error a client can act on.
@@ -22,9 +24,22 @@ type Error struct {
 	Code   Code
 	Field  string // the request field at fault, if any
 	Detail string // a sentence for a person
+	Cause  error  // for logs; never shown to clients
 }
 
-func (e *Error) Error() string { return string(e.Code) + ": " + e.Detail }
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return string(e.Code) + ": " + e.Detail + ": " + e.Cause.Error()
+	}
+	return string(e.Code) + ": " + e.Detail
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Unavailable wraps an error that means the database could not be reached.
+func Unavailable(cause error) *Error {
+	return &Error{Code: CodeUnavailable, Detail: "the database is unavailable for a moment; retry, with the same uid for a transaction", Cause: cause}
+}
 
 // Invalid reports a request field that cannot be accepted.
 func Invalid(field, detail string) *Error {

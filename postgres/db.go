@@ -6,11 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // DB is tally's PostgreSQL store.
@@ -157,6 +162,29 @@ func retryable(err error) bool {
 		return pgErr.Code == "40001" || pgErr.Code == "40P01"
 	}
 	return false
+}
+
+// dbErr turns a lost or refused database connection into ledger's unavailable error, which
+// the API answers with 503 and Retry-After; other errors pass unchanged.
+func dbErr(err error) error {
+	if err == nil || ledger.ErrorCode(err) != "" {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Class 08: connection exceptions; 57P0x: the server is shutting down or starting;
+		// 53300: too many connections.
+		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0") || pgErr.Code == "53300" {
+			return ledger.Unavailable(err)
+		}
+		return err
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	if errors.As(err, &connectErr) || errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || pgconn.SafeToRetry(err) {
+		return ledger.Unavailable(err)
+	}
+	return err
 }
 
 func isUniqueViolation(err error) bool {

@@ -23,7 +23,8 @@ const visibleEventsSQL = `SELECT txid::text::bigint, position, id, user_id, user
 	LIMIT $3`
 
 // Events returns up to limit events after the cursor, in stream order.
-func (db *DB) Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error) {
+func (db *DB) Events(ctx context.Context, after ledger.EventCursor, limit int) (_ []ledger.StoredEvent, err error) {
+	defer func() { err = dbErr(err) }()
 	rows, err := db.pool.Query(ctx, visibleEventsSQL, after.TxID, after.Position, limit)
 	if err != nil {
 		return nil, err

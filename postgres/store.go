@@ -14,9 +14,10 @@ import (
 )
 
 // CreateUser stores a new user with a zero balance, and its user.created event.
-func (db *DB) CreateUser(ctx context.Context, name string) (ledger.User, error) {
-	u := ledger.User{Name: name}
-	err := db.withTx(ctx, func(tx pgx.Tx) error {
+func (db *DB) CreateUser(ctx context.Context, name string) (u ledger.User, err error) {
+	defer func() { err = dbErr(err) }()
+	u = ledger.User{Name: name}
+	err = db.withTx(ctx, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx,
 			"INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at", name,
 		).Scan(&u.ID, &u.CreatedAt)
@@ -41,9 +42,9 @@ func (db *DB) queueEvents(batch *pgx.Batch, events ...ledger.Event) {
 }
 
 // User returns a user with its current balance.
-func (db *DB) User(ctx context.Context, id int64) (ledger.User, error) {
-	var u ledger.User
-	err := db.pool.QueryRow(ctx,
+func (db *DB) User(ctx context.Context, id int64) (u ledger.User, err error) {
+	defer func() { err = dbErr(err) }()
+	err = db.pool.QueryRow(ctx,
 		"SELECT id, name, balance, created_at FROM users WHERE id = $1", id,
 	).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -63,9 +64,9 @@ const balanceAtSQL = `COALESCE((
 const userAtSQL = "SELECT id, name, " + balanceAtSQL + ", created_at FROM users WHERE id = $1"
 
 // UserAt returns a user whose Balance is the balance at instant at.
-func (db *DB) UserAt(ctx context.Context, id int64, at time.Time) (ledger.User, error) {
-	var u ledger.User
-	err := db.pool.QueryRow(ctx, userAtSQL, id, at).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
+func (db *DB) UserAt(ctx context.Context, id int64, at time.Time) (u ledger.User, err error) {
+	defer func() { err = dbErr(err) }()
+	err = db.pool.QueryRow(ctx, userAtSQL, id, at).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return u, ledger.NotFound("user %d does not exist", id)
 	}
@@ -87,7 +88,8 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 // state the rule needs, decides with ledger.Decide, and stores the row, its answer and the new
 // balance in one database transaction. A uid seen before gets its first answer back, or an
 // idempotency conflict if the body differs.
-func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
+func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Render) (_ ledger.Outcome, err error) {
+	defer func() { err = dbErr(err) }()
 	for attempt := 1; ; attempt++ {
 		out, err := db.apply(ctx, req, render)
 		switch {
@@ -217,8 +219,9 @@ func idempotencyConflict(req ledger.Request, t ledger.Transaction) error {
 }
 
 // Transaction returns the stored transaction with this uid.
-func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error) {
-	t, err := scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))
+func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (t ledger.Transaction, err error) {
+	defer func() { err = dbErr(err) }()
+	t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ledger.NotFound("transaction %s does not exist", uid)
 	}
@@ -227,7 +230,8 @@ func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transactio
 
 // History returns a page of a user's applied transactions in timeline order and, when more
 // follow, the cursor of the next page.
-func (db *DB) History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error) {
+func (db *DB) History(ctx context.Context, q ledger.HistoryQuery) (_ []ledger.Transaction, _ *ledger.Cursor, err error) {
+	defer func() { err = dbErr(err) }()
 	var exists bool
 	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", q.UserID).Scan(&exists); err != nil {
 		return nil, nil, err
