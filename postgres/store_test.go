@@ -480,3 +480,12 @@ func TestRandomizedWorkloadMatchesModel(t *testing.T) {
 		}
 	}
 }
+
+// DATABASE_URL may carry pgxpool's parameters; migrations accept them too.
+func TestMigrateAcceptsPoolParameters(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	applied, err := postgres.Migrate(context.Background(), url+"&pool_max_conns=3")
+	require.NoError(t, err)
+	require.Empty(t, applied, "the template was migrated already")
+}
