@@ -30,17 +30,27 @@ const DefaultEventSource = "tally"
 // SetEventSource names this deployment in the source attribute of the events it writes.
 func (db *DB) SetEventSource(source string) { db.eventSource = source }
 
+// Option configures Open.
+type Option func(*pgxpool.Config)
+
+// WithTracing makes an OpenTelemetry span of every query and batch.
+func WithTracing() Option {
+	return func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = tracer{} }
+}
+
 // Open connects a pool to databaseURL. Pool size and timeouts come from the URL's
 // pool_* parameters (e.g. pool_max_conns=20), as pgxpool reads them.
-func Open(ctx context.Context, databaseURL string) (*DB, error) {
+func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
 	}
+	for _, opt := range opts {
+		opt(cfg)
+	}
 	if cfg.ConnConfig.RuntimeParams == nil {
 		cfg.ConnConfig.RuntimeParams = map[string]string{}
 	}
-	cfg.ConnConfig.Tracer = tracer{}
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "tally"

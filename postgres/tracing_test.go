@@ -10,9 +10,10 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/postgres"
 )
 
-// Queries and batches become spans under the caller's span once a tracer provider is set.
+// With tracing on, queries and batches become spans under the caller's span.
 // Not parallel: it sets the global provider.
 func TestQueriesAreTraced(t *testing.T) {
 	recorder := tracetest.NewSpanRecorder()
@@ -21,9 +22,11 @@ func TestQueriesAreTraced(t *testing.T) {
 	otel.SetTracerProvider(provider)
 	t.Cleanup(func() { otel.SetTracerProvider(previous) })
 
-	db, _ := pgtest.NewDB(t)
+	db, err := postgres.Open(context.Background(), pgtest.NewDatabase(t), postgres.WithTracing())
+	require.NoError(t, err)
+	defer db.Close()
 	ctx, parent := provider.Tracer("test").Start(context.Background(), "request")
-	_, err := db.CreateUser(ctx, "traced")
+	_, err = db.CreateUser(ctx, "traced")
 	require.NoError(t, err)
 	parent.End()
 

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime/debug"
 	"time"
 
@@ -40,12 +41,16 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// startAdmin serves /metrics, /healthz and /readyz on the admin port, apart from the API, so
+// startAdmin serves /metrics, /healthz, /readyz and /debug/pprof/ on the admin port, apart from the API, so
 // that probes and scrapes stay open when the API requires tokens. It returns the bound
 // address and a function that stops it.
 func startAdmin(ctx context.Context, port string, log *slog.Logger, reg *prometheus.Registry, ready func(context.Context) error) (string, func(), error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	// Profiles for diagnosis; the admin port is not exposed outside the cluster.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n")) //nolint:errcheck // the prober may be gone
 	})

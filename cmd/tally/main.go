@@ -120,6 +120,7 @@ type config struct {
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
 	adminPort       string
+	tracing         bool // OTEL_EXPORTER_OTLP_ENDPOINT is set
 	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
 	tokens          []httpapi.Token
 }
@@ -133,6 +134,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
 		natsURL:         cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
 		natsURLSet:      getenv("NATS_URL") != "",
+		tracing:         tracingOn(getenv),
 		eventSource:     cmp.Or(getenv("EVENT_SOURCE"), postgres.DefaultEventSource),
 		relayRetention:  7 * 24 * time.Hour,
 	}
@@ -234,7 +236,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 	defer stopAdmin()
 	srv := &http.Server{
-		Handler:           traced(httpapi.NewServer(db, log, health, opts...)),
+		Handler:           traced(cfg.tracing, httpapi.NewServer(db, log, health, opts...)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -270,7 +272,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 }
 
 func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
-	db, err := postgres.Open(ctx, cfg.databaseURL)
+	var opts []postgres.Option
+	if cfg.tracing {
+		opts = append(opts, postgres.WithTracing())
+	}
+	db, err := postgres.Open(ctx, cfg.databaseURL, opts...)
 	if err != nil {
 		return nil, err
 	}
