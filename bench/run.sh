@@ -14,6 +14,8 @@ users=${BENCH_USERS:-1000}
 pool=${BENCH_POOL:-16}
 admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 out=bin/bench
+# Both sides talk to PostgreSQL over loopback TCP without TLS.
+export PGSSLMODE=disable
 rm -rf "$out" && mkdir -p "$out"
 make -s build
 
@@ -31,6 +33,7 @@ start_tally() {
 	psql -q "$admin_url" -c "CREATE DATABASE tally_bench"
 	url="$(db_url tally_bench)"
 	case "$url" in *\?*) url="$url&pool_max_conns=$pool" ;; *) url="$url?pool_max_conns=$pool" ;; esac
+	url="$url&sslmode=disable"
 	DATABASE_URL=$url PORT=18080 ADMIN_PORT=0 LOG_LEVEL=warn bin/tally serve >"$out/serve.log" 2>&1 &
 	server=$!
 	for _ in $(seq 1 200); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && return; sleep 0.05; done

@@ -181,11 +181,6 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 			reason = (*string)(&t.Reason)
 		}
 		batch = &pgx.Batch{}
-		batch.Queue(`INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
-			reason, balance_after, response_status, response_body, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-			t.UID, t.UserID, t.Seq, t.Type, t.Amount, t.Timestamp, t.TimestampGiven, t.Status,
-			reason, t.BalanceAfter, out.Status, out.Body, t.CreatedAt)
 		if d.Shift != 0 {
 			// Back-dating: every later applied transaction's balance moves by the same amount.
 			// Decide checked that none goes negative; the CHECK constraint is the backstop.
@@ -205,9 +200,25 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 			lastTSArg = &lastTS
 		}
 		events := d.Events(state.Balance, eventSeq)
-		db.queueEvents(batch, events...)
-		batch.Queue("UPDATE users SET balance = $2, last_seq = $3, last_ts = $4, event_seq = $5 WHERE id = $1",
-			t.UserID, d.NewBalance, t.Seq, lastTSArg, eventSeq+int64(len(events)))
+		ids, seqs, types, bodies := make([]uuid.UUID, len(events)), make([]int64, len(events)), make([]string, len(events)), make([]string, len(events))
+		for i, e := range events {
+			ids[i], seqs[i], types[i], bodies[i] = e.ID, e.Seq, string(e.Type), string(e.CloudEvent(db.eventSource))
+		}
+		// One statement stores the row, its events and the user's new state: PostgreSQL's work
+		// per statement, not the rows, is what a write mostly costs.
+		batch.Queue(`WITH stored AS (
+				INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
+					reason, balance_after, response_status, response_body, created_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)),
+			events AS (
+				INSERT INTO outbox (id, user_id, user_seq, type, event)
+				SELECT e.id, $2, e.seq, e.type, e.body::json
+				FROM unnest($14::uuid[], $15::bigint[], $16::text[], $17::text[]) AS e(id, seq, type, body))
+			UPDATE users SET balance = $18, last_seq = $3, last_ts = $19, event_seq = $20 WHERE id = $2`,
+			t.UID, t.UserID, t.Seq, t.Type, t.Amount, t.Timestamp, t.TimestampGiven, t.Status,
+			reason, t.BalanceAfter, out.Status, out.Body, t.CreatedAt,
+			ids, seqs, types, bodies,
+			d.NewBalance, lastTSArg, eventSeq+int64(len(events)))
 		return tx.commit(ctx, batch)
 	})
 	return out, err

@@ -4,8 +4,8 @@
 ALTER TABLE users ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE outbox (
-    position   bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id         uuid        NOT NULL UNIQUE,
+    position   bigint      GENERATED ALWAYS AS IDENTITY,
+    id         uuid        NOT NULL, -- UUIDv7, made by the writer
     user_id    bigint      NOT NULL,
     user_seq   bigint      NOT NULL,
     type       text        NOT NULL,
@@ -13,9 +13,11 @@ CREATE TABLE outbox (
     -- every transaction still running, so a row that commits late is never skipped.
     txid       xid8        NOT NULL DEFAULT pg_current_xact_id(),
     event      json        NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Stream order is the only way events are read, pruned and counted: one index serves
+    -- them all, so an event costs one index entry.
+    PRIMARY KEY (txid, position)
 );
-CREATE INDEX outbox_order ON outbox (txid, position);
 
 -- How far the relay has published, advanced only after the broker acknowledged.
 CREATE TABLE relay_cursor (
