@@ -4,8 +4,11 @@
 # bench/baseline.sql under pgbench (the least SQL one write needs), prints the tps, and drops
 # the database.
 #
-#   bench/baseline.sh [clients=16] [seconds=10] [users=1000]
+#   bench/baseline.sh [clients=16] [seconds=10] [users=1000] [script=baseline.sql]
 #
+# With script=tally-sql.sql it runs tally's own statements instead (uid lookup, lock, one
+# insert-and-update statement with the outbox row), which separates what tally's SQL costs
+# from what its HTTP and Go layers cost.
 # Connection: PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres); BASELINE_DB names the
 # scratch database (tally_baseline).
 set -euo pipefail
@@ -13,6 +16,7 @@ set -euo pipefail
 clients=${1:-16}
 seconds=${2:-10}
 users=${3:-1000}
+script=${4:-baseline.sql}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 db=${BASELINE_DB:-tally_baseline}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,12 +57,23 @@ CREATE TABLE baseline_transactions (
     response_body   bytea       NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE baseline_outbox (
+    position   bigint      GENERATED ALWAYS AS IDENTITY,
+    id         uuid        NOT NULL,
+    user_id    bigint      NOT NULL,
+    user_seq   bigint      NOT NULL,
+    type       text        NOT NULL,
+    txid       xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    event      json        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (txid, position)
+);
 CREATE UNIQUE INDEX baseline_timeline ON baseline_transactions (user_id, ts, seq) WHERE status = 'APPLIED';
 INSERT INTO baseline_users (id, name) SELECT i, 'user ' || i FROM generate_series(1, :users) i;
 VACUUM ANALYZE;
 SQL
 
-out=$("$pgbench" -n -c "$clients" -j 2 -T "$seconds" -M prepared -D users="$users" -f "$here/baseline.sql" "$db" 2>&1) || {
+out=$("$pgbench" -n -c "$clients" -j 2 -T "$seconds" -M prepared -D users="$users" -f "$here/$script" "$db" 2>&1) || {
     echo "$out" >&2
     exit 1
 }

@@ -69,7 +69,7 @@ note "3 serve instances, 2 relays, NATS on :$nats_port ready"
 
 urls="http://127.0.0.1:18001,http://127.0.0.1:18002,http://127.0.0.1:18003"
 bin/tally bench --url "$urls" --database-url "$db_url" --workers "$workers" --duration "${duration}s" \
-	--users 200 --retry-share 0.1 --backdate-share 0.05 --verify --json "$out/chaos.json" \
+	--users 200 --initial 50.00 --amount-max 20.00 --retry-share 0.1 --backdate-share 0.05 --verify --json "$out/chaos.json" \
 	--nats-url "nats://127.0.0.1:$nats_port" \
 	>"$out/bench.log" 2>"$out/bench.progress" &
 bench=$!

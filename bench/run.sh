@@ -82,7 +82,7 @@ for share in 0.25 0.5 0.75 0.9; do
 done
 
 # 3. History: balance reads for 100 to 1,000,000 transactions; 4. back-dating cost.
-BENCH_LONG_HISTORY=1 go test ./postgres -run '^$' -bench 'BalanceAt|CurrentBalance' -benchtime 2000x -count 5 >"$out/history.txt"
+BENCH_LONG_HISTORY=1 go test ./postgres -run '^$' -bench 'BalanceAt|CurrentBalance' -benchtime 5000x -count 5 >"$out/history.txt"
 go test ./postgres -run '^$' -bench 'Backdated' -count 3 >"$out/backdated.txt"
 printf '# rows_after\tms_per_write\n' >"$out/backdating.tsv"
 grep -E '^BenchmarkBackdated' "$out/backdated.txt" |

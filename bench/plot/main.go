@@ -99,6 +99,7 @@ func throughput(rows [][]string) (*plot.Plot, error) {
 	p.Title.Text = "Write throughput against concurrent clients"
 	p.X.Label.Text = "clients"
 	p.Y.Label.Text = "writes per second (median of rounds)"
+	p.Y.Min = 0
 	var lines []any
 	for _, system := range []string{"pgbench baseline", "tally"} {
 		var pts plotter.XYs
@@ -124,6 +125,7 @@ func latency(rows [][]string) (*plot.Plot, error) {
 	p.Title.Text = "Write latency against offered load (open loop)"
 	p.X.Label.Text = "offered writes per second"
 	p.Y.Label.Text = "latency, ms"
+	p.Y.Min = 0
 	return p, plotutil.AddLinePoints(p, "p50", p50, "p99", p99, "p99.9", p999)
 }
 
@@ -131,11 +133,14 @@ func latency(rows [][]string) (*plot.Plot, error) {
 func backdating(rows [][]string) (*plot.Plot, error) {
 	var pts plotter.XYs
 	for _, r := range rows {
-		pts = append(pts, plotter.XY{X: num(r[0]), Y: num(r[1])})
+		// Log scales: an append (0 rows after) is drawn at 1.
+		pts = append(pts, plotter.XY{X: max(num(r[0]), 1), Y: num(r[1])})
 	}
 	p := plot.New()
 	p.Title.Text = "Cost of a back-dated write against the rows after it"
-	p.X.Label.Text = "transactions after its instant"
-	p.Y.Label.Text = "ms per write (median)"
+	p.X.Label.Text = "transactions after its instant (log; an append is drawn at 1)"
+	p.Y.Label.Text = "ms per write, median (log)"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
 	return p, plotutil.AddLinePoints(p, "back-dated deposit", pts)
 }
