@@ -93,7 +93,7 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Rende
 	for attempt := 1; ; attempt++ {
 		out, err := db.apply(ctx, req, render)
 		switch {
-		case isUniqueViolation(err):
+		case isUniqueViolation(err) && attempt < maxAttempts:
 			// Another request with this uid committed first, for another user (same-user
 			// duplicates queue on the row lock instead). The next attempt finds its row.
 			continue
