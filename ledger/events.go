@@ -22,9 +22,6 @@ const (
 	EventBalanceDepleted EventType = "balance.depleted"
 )
 
-// EventTypes lists every event type.
-var EventTypes = []EventType{EventUserCreated, EventTransactionApplied, EventTransactionRejected, EventBalanceFunded, EventBalanceDepleted}
-
 // Event is one fact for neighbouring services, stored in the outbox with the change it
 // describes.
 type Event struct {

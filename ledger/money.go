@@ -28,11 +28,15 @@ func ParseAmount(s string) (Amount, error) {
 	if s == "" {
 		return 0, Invalid("amount", "amount is required")
 	}
-	if len(s) > 64 || !decimalPattern.MatchString(s) {
+	var m []string
+	if len(s) <= 64 {
+		m = decimalPattern.FindStringSubmatch(s)
+	}
+	if m == nil {
 		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a positive decimal number such as \"100.00\"", truncate(s)))
 	}
 	// A long exponent would make big.Rat build a huge number before any range check.
-	if m := decimalPattern.FindStringSubmatch(s); len(m[2]) > 4 {
+	if len(m[2]) > 4 {
 		return 0, Invalid("amount", fmt.Sprintf("amount %q is out of range", truncate(s)))
 	}
 	r, ok := new(big.Rat).SetString(s)

@@ -25,20 +25,24 @@ func (db *DB) CreateUser(ctx context.Context, name string) (u ledger.User, err e
 			return err
 		}
 		u.CreatedAt = u.CreatedAt.UTC()
-		batch := &pgx.Batch{}
-		db.queueEvents(batch, ledger.UserCreatedEvent(u))
-		return tx.SendBatch(ctx, batch).Close()
+		ids, seqs, types, bodies := db.outboxColumns([]ledger.Event{ledger.UserCreatedEvent(u)})
+		_, err = tx.Exec(ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event)
+			SELECT e.id, $1, e.seq, e.type, e.body::json
+			FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[]) AS e(id, seq, type, body)`,
+			u.ID, ids, seqs, types, bodies)
+		return err
 	})
 	return u, err
 }
 
-// queueEvents adds the outbox rows for events to a batch of the transaction that makes the
-// change they describe.
-func (db *DB) queueEvents(batch *pgx.Batch, events ...ledger.Event) {
+// outboxColumns lays one user's events out as the arrays the outbox inserts unnest, so that
+// any number of events is one statement.
+func (db *DB) outboxColumns(events []ledger.Event) (ids []uuid.UUID, seqs []int64, types, bodies []string) {
 	for _, e := range events {
-		batch.Queue("INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES ($1, $2, $3, $4, $5)",
-			e.ID, e.UserID, e.Seq, e.Type, string(e.CloudEvent(db.eventSource)))
+		ids, seqs = append(ids, e.ID), append(seqs, e.Seq)
+		types, bodies = append(types, string(e.Type)), append(bodies, string(e.CloudEvent(db.eventSource)))
 	}
+	return ids, seqs, types, bodies
 }
 
 // User returns a user with its current balance.
@@ -200,10 +204,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 			lastTSArg = &lastTS
 		}
 		events := d.Events(state.Balance, eventSeq)
-		ids, seqs, types, bodies := make([]uuid.UUID, len(events)), make([]int64, len(events)), make([]string, len(events)), make([]string, len(events))
-		for i, e := range events {
-			ids[i], seqs[i], types[i], bodies[i] = e.ID, e.Seq, string(e.Type), string(e.CloudEvent(db.eventSource))
-		}
+		ids, seqs, types, bodies := db.outboxColumns(events)
 		// One statement stores the row, its events and the user's new state: PostgreSQL's work
 		// per statement, not the rows, is what a write mostly costs.
 		batch.Queue(`WITH stored AS (

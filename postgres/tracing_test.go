@@ -4,12 +4,14 @@ import (
 	"context"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/postgres"
 )
 
@@ -26,7 +28,9 @@ func TestQueriesAreTraced(t *testing.T) {
 	require.NoError(t, err)
 	defer db.Close()
 	ctx, parent := provider.Tracer("test").Start(context.Background(), "request")
-	_, err = db.CreateUser(ctx, "traced")
+	u, err := db.CreateUser(ctx, "traced")
+	require.NoError(t, err)
+	_, err = db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 100}, render)
 	require.NoError(t, err)
 	parent.End()
 
