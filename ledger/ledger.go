@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -165,15 +166,23 @@ func RefusalDetail(t Transaction) string {
 	return string(t.Reason)
 }
 
-// ParseType reads a transaction type, in any letter case.
+// ParseType reads a transaction type in any ASCII letter case. Unicode case mapping is not
+// applied: it would read "depoſit" and "DEPOSıT" as DEPOSIT.
 func ParseType(s string) (Type, error) {
-	switch t := Type(strings.ToUpper(strings.TrimSpace(s))); t {
-	case Deposit, Withdraw:
-		return t, nil
-	case "":
+	text := strings.Trim(s, " \t\r\n")
+	if text == "" {
 		return "", Invalid("type", "type is required: DEPOSIT or WITHDRAW")
 	}
-	return "", Invalid("type", fmt.Sprintf("type %q is not DEPOSIT or WITHDRAW", truncate(s)))
+	for i := 0; i < len(text); i++ {
+		if text[i] >= utf8.RuneSelf {
+			return "", Invalid("type", fmt.Sprintf("type %q is not DEPOSIT or WITHDRAW: only ASCII letters are accepted", Clip(s)))
+		}
+	}
+	switch t := Type(strings.ToUpper(text)); t {
+	case Deposit, Withdraw:
+		return t, nil
+	}
+	return "", Invalid("type", fmt.Sprintf("type %q is not DEPOSIT or WITHDRAW", Clip(s)))
 }
 
 // ParseUID reads a client-chosen transaction id, which must be a UUID.
@@ -183,12 +192,18 @@ func ParseUID(s string) (uuid.UUID, error) {
 	}
 	id, err := uuid.Parse(s)
 	if err != nil || len(s) != 36 {
-		return uuid.Nil, Invalid("uid", fmt.Sprintf("uid %q is not a UUID such as \"3f1c2a9e-8d4b-4f7a-9c1e-2b5d6e7f8a90\"", truncate(s)))
+		return uuid.Nil, Invalid("uid", fmt.Sprintf("uid %q is not a UUID such as \"3f1c2a9e-8d4b-4f7a-9c1e-2b5d6e7f8a90\"", Clip(s)))
+	}
+	if id == uuid.Nil {
+		// A client that never filled its uid in would have every later request replayed.
+		return uuid.Nil, Invalid("uid", "uid must not be the all-zero UUID; choose a random one (version 4) before the first attempt")
 	}
 	return id, nil
 }
 
-// ParseName validates a user name: not blank, at most MaxNameLength characters.
+// ParseName validates a user name: at most MaxNameLength characters, with at least one
+// visible character and no control or format characters, which would let two names that
+// look alike differ or a name show nothing at all.
 func ParseName(s string) (string, error) {
 	if !utf8.ValidString(s) {
 		return "", Invalid("name", "name is not valid UTF-8 text")
@@ -200,10 +215,41 @@ func ParseName(s string) (string, error) {
 	if n := len([]rune(name)); n > MaxNameLength {
 		return "", Invalid("name", fmt.Sprintf("name has %d characters; at most %d are allowed", n, MaxNameLength))
 	}
-	if strings.ContainsRune(name, 0) {
-		return "", Invalid("name", "name must not contain NUL characters")
+	visible := false
+	for _, r := range name {
+		switch {
+		case unicode.Is(unicode.Cc, r):
+			return "", Invalid("name", fmt.Sprintf("name must not contain the control character %U", r))
+		case unicode.Is(unicode.Cf, r):
+			return "", Invalid("name", fmt.Sprintf("name must not contain the invisible format character %U (zero-width, byte order mark or bidirectional control)", r))
+		case unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S):
+			visible = true
+		}
+	}
+	if !visible {
+		return "", Invalid("name", "name has no visible character")
 	}
 	return name, nil
+}
+
+// maxEcho is how many bytes of a client's input an answer or a log line repeats.
+const maxEcho = 100
+
+// Clip makes client input safe to repeat in an answer or a log line: at most maxEcho bytes,
+// cut at a character boundary and marked "...", with invalid UTF-8 and invisible characters
+// shown as U+FFFD. Without it a 500 KB path would come back as a 500 KB answer.
+func Clip(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if !unicode.IsGraphic(r) {
+			r = utf8.RuneError
+		}
+		if b.Len()+utf8.RuneLen(r) > maxEcho {
+			return b.String() + "..."
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Render turns a decided transaction into the HTTP answer that is stored with it and

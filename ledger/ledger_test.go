@@ -353,6 +353,11 @@ func TestParseType(t *testing.T) {
 		{"\"DEPOSIT\"", ""},
 		{"DEPOSIT\x00", ""},
 		{strings.Repeat("DEPOSIT", 100), ""},
+		// Only ASCII letters fold: Unicode case mapping turns these into DEPOSIT.
+		{"depoſit", ""},
+		{"DEPOSıT", ""},
+		{"ＤＥＰＯＳＩＴ", ""},
+		{"\u00a0DEPOSIT", ""},
 	} {
 		got, err := ledger.ParseType(tc.in)
 		if tc.want == "" {
@@ -379,7 +384,7 @@ func TestParseUID(t *testing.T) {
 		{canonical, true},
 		{strings.ToUpper(canonical), true},
 		{"3F1C2A9E-8d4b-4F7A-9c1e-2B5D6E7F8A90", true},
-		{"00000000-0000-0000-0000-000000000000", true},
+		{"00000000-0000-0000-0000-000000000000", false}, // a uid never filled in
 		{uuid.NewString(), true},
 		{"", false},
 		{"not-a-uuid", false},
@@ -439,6 +444,17 @@ func TestParseName(t *testing.T) {
 		{"whitespace", "\t\n\r ", "", false},
 		{"unicode spaces", "\u00a0\u2003\u3000", "", false},
 		{"NUL", "Pe\x00tya", "", false},
+		{"tab inside", "Pe\ttya", "", false},
+		{"bell", "\a", "", false},
+		{"zero-width space", "\u200b", "", false},
+		{"zero-width space inside", "Pe\u200btya", "", false},
+		{"byte order mark", "\ufeff", "", false},
+		{"bidi override", "\u202eavyteP", "", false},
+		{"bidi isolates only", "\u2066\u2069", "", false},
+		{"combining mark only", "\u0301", "", false},
+		{"combining mark kept", "Zoe\u0301", "Zoe\u0301", true},
+		{"apostrophe", "O'Brien", "O'Brien", true},
+		{"han", "李小龙", "李小龙", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -458,6 +474,54 @@ func TestParseName(t *testing.T) {
 	_, err := ledger.ParseName(ya + "я")
 	if err == nil || !strings.Contains(err.Error(), "201") || !strings.Contains(err.Error(), "200") {
 		t.Errorf("detail %v should count characters, not bytes", err)
+	}
+}
+
+func TestParseNameDetails(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, in, detail string }{
+		{"control", "Pe\x07tya", "control character U+0007"},
+		{"format", "Pe\u200btya", "invisible format character U+200B"},
+		{"nothing visible", "\u0301\u0301", "no visible character"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := ledger.ParseName(tc.in)
+			requireInvalid(t, err, "name")
+			if !strings.Contains(err.Error(), tc.detail) {
+				t.Fatalf("ParseName(%q) error %q does not contain %q", tc.in, err, tc.detail)
+			}
+		})
+	}
+}
+
+func TestParseUIDRefusesTheZeroUID(t *testing.T) {
+	t.Parallel()
+	_, err := ledger.ParseUID("00000000-0000-0000-0000-000000000000")
+	requireInvalid(t, err, "uid")
+	if !strings.Contains(err.Error(), "all-zero") {
+		t.Fatalf("detail %q does not say why", err)
+	}
+}
+
+func TestClip(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", 500_000)
+	for _, tc := range []struct{ name, in, want string }{
+		{"short", "GET", "GET"},
+		{"exactly the limit", strings.Repeat("x", 100), strings.Repeat("x", 100)},
+		{"long", long, strings.Repeat("x", 100) + "..."},
+		{"cut at a character boundary", "a" + strings.Repeat("я", 60), "a" + strings.Repeat("я", 49) + "..."},
+		{"invalid UTF-8", "a\xffb", "a\ufffdb"},
+		{"control characters", "a\x00b\nc", "a\ufffdb\ufffdc"},
+		{"format characters", "a\u202eb", "a\ufffdb"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := ledger.Clip(tc.in); got != tc.want {
+				t.Fatalf("Clip(%q) = %q, want %q", truncateName(tc.in), got, tc.want)
+			}
+		})
 	}
 }
 

@@ -20,7 +20,15 @@ const MaxBalance Amount = 100_000_000_000_000_000
 
 // decimalPattern accepts what JSON can carry as a number or a plain decimal string:
 // digits, an optional fraction and an optional exponent, never a sign.
-var decimalPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+var decimalPattern = regexp.MustCompile(`^([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?$`)
+
+// maxAmountText is the longest amount accepted, in characters.
+const maxAmountText = 64
+
+// maxExponent bounds an amount's exponent: beyond it a mantissa of at most maxAmountText
+// digits is either far above MaxAmount or has far more than two decimals, so the answer is
+// known without building the number.
+const maxExponent = 100
 
 // ParseAmount parses a positive decimal with at most two significant decimals
 // ("100", "100.0", "0.01", "1e2") exactly, without passing through float64.
@@ -28,27 +36,30 @@ func ParseAmount(s string) (Amount, error) {
 	if s == "" {
 		return 0, Invalid("amount", "amount is required")
 	}
-	var m []string
-	if len(s) <= 64 {
-		m = decimalPattern.FindStringSubmatch(s)
+	if len(s) > maxAmountText {
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is too long: at most %d characters", Clip(s), maxAmountText))
 	}
+	m := decimalPattern.FindStringSubmatch(s)
 	if m == nil {
-		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a positive decimal number such as \"100.00\"", truncate(s)))
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a positive decimal number such as \"100.00\"", Clip(s)))
 	}
-	// A long exponent would make big.Rat build a huge number before any range check.
-	if len(m[2]) > 4 {
-		return 0, Invalid("amount", fmt.Sprintf("amount %q is out of range", truncate(s)))
+	if strings.Trim(m[1]+m[2], "0") == "" {
+		return 0, Invalid("amount", "amount must be greater than zero")
+	}
+	// The exponent's value, not its spelling, decides: leading zeros are allowed.
+	if digits := strings.TrimLeft(m[4], "0"); len(digits) > 3 || (digits != "" && atoi(digits) > maxExponent) {
+		if m[3] == "-" {
+			return 0, Invalid("amount", fmt.Sprintf("amount %q has more than two decimals", Clip(s)))
+		}
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is out of range", Clip(s)))
 	}
 	r, ok := new(big.Rat).SetString(s)
 	if !ok {
-		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a decimal number", truncate(s)))
+		return 0, Invalid("amount", fmt.Sprintf("amount %q is not a decimal number", Clip(s)))
 	}
 	cents := new(big.Rat).Mul(r, big.NewRat(100, 1))
 	if !cents.IsInt() {
-		return 0, Invalid("amount", fmt.Sprintf("amount %q has more than two decimals", truncate(s)))
-	}
-	if cents.Sign() <= 0 {
-		return 0, Invalid("amount", "amount must be greater than zero")
+		return 0, Invalid("amount", fmt.Sprintf("amount %q has more than two decimals", Clip(s)))
 	}
 	if cents.Num().Cmp(big.NewInt(int64(MaxAmount))) > 0 {
 		return 0, Invalid("amount", fmt.Sprintf("amount must not exceed %s", MaxAmount))
@@ -70,13 +81,6 @@ func (a Amount) String() string {
 // MarshalJSON writes the amount as a JSON string with two decimals.
 func (a Amount) MarshalJSON() ([]byte, error) {
 	return []byte(strconv.Quote(a.String())), nil
-}
-
-func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "..."
-	}
-	return s
 }
 
 // UnmarshalJSON reads the form MarshalJSON writes: a string with two decimals, e.g. "-1.50".

@@ -39,6 +39,13 @@ var amountCases = []struct {
 	{"007", 700},
 	{strings.Repeat("0", 63) + "1", 100}, // 64 characters: the longest accepted
 	{"0." + strings.Repeat("0", 55) + "1e57", 1000},
+	// An exponent is judged by its value, not by how many digits spell it.
+	{"1E+02", 10000},
+	{"1e+002", 10000},
+	{"1e0002", 10000},
+	{"1e-0002", 1},
+	{"1e" + strings.Repeat("0", 60) + "2", 10000},
+	{"5e-" + strings.Repeat("0", 59) + "2", 5},
 
 	{"1000000000.01", 0}, // one cent over MaxAmount
 	{"1000000001", 0},
@@ -90,6 +97,10 @@ var amountCases = []struct {
 	{"1e999999", 0},
 	{"1e-999999", 0},
 	{"0e999999999", 0},
+	{"1e+0999999999", 0},
+	{"1e-" + strings.Repeat("0", 50) + "3", 0},
+	{"1e+101", 0},
+	{"1e-101", 0},
 }
 
 func TestParseAmount(t *testing.T) {
@@ -127,16 +138,26 @@ func TestParseAmountErrorDetails(t *testing.T) {
 		{"1000000000.01", "1000000000.00"},
 		{"abc", `"abc"`},
 		// A long input is quoted shortened, so an error never echoes a whole payload.
-		{strings.Repeat("7", 100), strings.Repeat("7", 40) + "..."},
+		{strings.Repeat("7", 1000), strings.Repeat("7", 100) + `..."`},
+		{strings.Repeat("7", 65), "too long"},
+		{strings.Repeat("1", 100000), "at most 64 characters"},
+		{"1e999999999", "out of range"},
+		{"1e+0000000000011", "must not exceed 1000000000.00"},
+		{"1e+0000000000101", "out of range"},
+		{"1e-999999999", "more than two decimals"},
+		{"0e999999999", "greater than zero"},
 	} {
-		_, err := ledger.ParseAmount(tc.in)
-		requireInvalid(t, err, "amount")
-		if !strings.Contains(err.Error(), tc.detail) {
-			t.Errorf("ParseAmount(%q) error %q does not contain %q", truncateName(tc.in), err, tc.detail)
-		}
-		if len(err.Error()) > 200 {
-			t.Errorf("ParseAmount(%q) error is %d bytes long", truncateName(tc.in), len(err.Error()))
-		}
+		t.Run(truncateName(tc.in), func(t *testing.T) {
+			t.Parallel()
+			_, err := ledger.ParseAmount(tc.in)
+			requireInvalid(t, err, "amount")
+			if !strings.Contains(err.Error(), tc.detail) {
+				t.Errorf("ParseAmount(%q) error %q does not contain %q", truncateName(tc.in), err, tc.detail)
+			}
+			if len(err.Error()) > 200 {
+				t.Errorf("ParseAmount(%q) error is %d bytes long", truncateName(tc.in), len(err.Error()))
+			}
+		})
 	}
 }
 
@@ -149,6 +170,7 @@ func TestParseAmountHugeExponentIsCheap(t *testing.T) {
 		"1e999999999", "1e-999999999", "1e99999999999999999999",
 		"1e1000000", "1e999999", "1e-999999", "1e100000", "9e99999", "1.5e-999998",
 		"99999999999999999999999999999999999999999999999999999e-999999",
+		"1e+" + strings.Repeat("0", 50) + "99999999",
 	} {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

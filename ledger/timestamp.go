@@ -27,7 +27,7 @@ var (
 // in UTC and truncated to the microsecond, the precision the database keeps.
 func ParseTime(field, s string) (time.Time, error) {
 	bad := func(why string) (time.Time, error) {
-		return time.Time{}, Invalid(field, fmt.Sprintf("%s %q %s; use RFC 3339 such as \"2023-01-30T00:00:00Z\", a date such as \"2023-01-30\", or \"5.05.2022 00:00\"", field, truncate(s), why))
+		return time.Time{}, Invalid(field, fmt.Sprintf("%s %q %s; use RFC 3339 such as \"2023-01-30T00:00:00Z\", a date such as \"2023-01-30\", or \"5.05.2022 00:00\"", field, Clip(s), why))
 	}
 	var year, month, day, hour, minute, second, nanos, offset int
 	if m := isoPattern.FindStringSubmatch(s); m != nil {
