@@ -70,8 +70,11 @@ func withAuth(tokens []Token, next http.Handler) http.Handler {
 // authenticate compares the presented token with every known one, so the time taken does not
 // tell which one matched or how much of it.
 func authenticate(tokens []Token, header string) (Scope, bool) {
-	presented, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || presented == "" {
+	scheme, presented, _ := strings.Cut(header, " ")
+	presented = strings.TrimLeft(presented, " ")
+	// The scheme is case-insensitive (RFC 9110 §11.1). "Bearer" holds no letter that
+	// Unicode folds to a non-ASCII one, so EqualFold matches ASCII cases only.
+	if !strings.EqualFold(scheme, "Bearer") || presented == "" {
 		return "", false
 	}
 	var scope Scope

@@ -120,3 +120,40 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 }
 
 func first(status int, _ http.Header) int { return status }
+
+// The authentication scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+func TestBearerSchemeInAnyCase(t *testing.T) {
+	t.Parallel()
+	const secret = "reader-0123456789abcdef"
+	tokens, err := httpapi.ParseTokens(secret + ":read")
+	require.NoError(t, err)
+	db, _ := pgtest.NewDB(t)
+	srv := httptest.NewServer(httpapi.NewServer(db, httpapi.NewLogger(io.Discard, 0), &httpapi.Health{}, httpapi.WithTokens(tokens)))
+	t.Cleanup(srv.Close)
+	for _, c := range []struct {
+		name, header string
+		status       int
+	}{
+		{"Bearer", "Bearer " + secret, http.StatusNotFound},
+		{"bearer", "bearer " + secret, http.StatusNotFound},
+		{"BEARER", "BEARER " + secret, http.StatusNotFound},
+		{"bEaReR", "bEaReR " + secret, http.StatusNotFound},
+		{"two spaces", "Bearer  " + secret, http.StatusNotFound},
+		{"token in another case", "Bearer " + strings.ToUpper(secret), http.StatusUnauthorized},
+		{"another scheme", "Basic " + secret, http.StatusUnauthorized},
+		{"scheme alone", "Bearer", http.StatusUnauthorized},
+		{"scheme and space", "Bearer ", http.StatusUnauthorized},
+		{"no space", "Bearer" + secret, http.StatusUnauthorized},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			req, err := http.NewRequest("GET", srv.URL+"/v1/user/1", nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", c.header)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, c.status, resp.StatusCode)
+		})
+	}
+}
