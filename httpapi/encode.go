@@ -6,11 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math"
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -93,16 +97,22 @@ func encode(w http.ResponseWriter, status int, v any) {
 }
 
 // decodeFields reads the known fields of a request body into field name → text; other
-// fields are ignored. JSON objects and
-// application/x-www-form-urlencoded bodies give the same result; JSON numbers keep their exact
-// text, so amounts never pass through float64. A body that starts with '{' is read as JSON
-// whatever its Content-Type says, since `curl -d` labels JSON as a form.
+// fields are ignored. JSON objects and application/x-www-form-urlencoded bodies give the same
+// result; JSON numbers keep their exact text, so amounts never pass through float64. A body
+// that starts with '{' is read as JSON whatever its Content-Type says, since `curl -d`
+// labels JSON as a form. Every handler that reads a body reads it here.
 func decodeFields(w http.ResponseWriter, r *http.Request, known ...string) (map[string]string, error) {
+	tooLarge := &ledger.Error{Code: codeBodyTooLarge, Detail: fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes)}
+	// Refusing on the declared length, before the first read, answers a client that sent
+	// Expect: 100-continue without asking it for the body.
+	if r.ContentLength > MaxBodyBytes {
+		return nil, tooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return nil, &ledger.Error{Code: codeBodyTooLarge, Detail: fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes)}
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return nil, tooLarge
 		}
 		return nil, ledger.Invalid("", "could not read the request body")
 	}
@@ -112,66 +122,187 @@ func decodeFields(w http.ResponseWriter, r *http.Request, known ...string) (map[
 	case len(trimmed) > 0 && trimmed[0] == '{', mediaType == "application/json", strings.HasSuffix(mediaType, "+json"):
 		return decodeJSONFields(trimmed, known)
 	case mediaType == "application/x-www-form-urlencoded", mediaType == "" && len(trimmed) > 0:
-		values, err := url.ParseQuery(string(trimmed))
-		if err != nil {
-			return nil, ledger.Invalid("", "the form body is malformed: "+err.Error())
-		}
-		fields := map[string]string{}
-		for _, k := range known {
-			if v, ok := values[k]; ok {
-				fields[k] = v[0]
-			}
-		}
-		return fields, nil
+		return decodeFormFields(trimmed, known)
 	case len(trimmed) == 0:
 		return nil, ledger.Invalid("", "the request body is empty; send a JSON object")
 	}
-	return nil, &ledger.Error{Code: codeUnsupportedMedia, Detail: "send application/json or application/x-www-form-urlencoded, not " + mediaType}
+	return nil, &ledger.Error{Code: codeUnsupportedMedia, Detail: "send application/json or application/x-www-form-urlencoded, not " + ledger.Clip(mediaType)}
 }
 
-func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
-	var raw map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&raw); err != nil {
-		return nil, ledger.Invalid("", "the body is not a JSON object: "+err.Error())
+func decodeFormFields(body []byte, known []string) (map[string]string, error) {
+	values, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, ledger.Invalid("", "the form body is malformed: "+ledger.Clip(err.Error()))
 	}
-	if dec.More() {
-		return nil, ledger.Invalid("", "the body has data after the JSON object")
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		if len(values[k]) > 1 {
+			return nil, duplicateKey(k, known)
+		}
 	}
 	fields := map[string]string{}
 	for _, k := range known {
-		v, ok := raw[k]
-		if !ok {
-			continue
-		}
-		switch {
-		case bytes.Equal(v, []byte("null")):
-			continue
-		case v[0] == '"':
-			var s string
-			if err := json.Unmarshal(v, &s); err != nil {
-				return nil, ledger.Invalid(k, k+" is not a valid JSON string")
-			}
-			fields[k] = s
-		case v[0] == '-' || (v[0] >= '0' && v[0] <= '9'):
-			fields[k] = string(v)
-		default:
-			return nil, ledger.Invalid(k, k+" must be a string or a number")
+		if v, ok := values[k]; ok {
+			fields[k] = v[0]
 		}
 	}
 	return fields, nil
 }
 
-// parseID reads a positive integer id from a path or body value.
+// numericFields may be sent as JSON numbers; every other field is a JSON string.
+var numericFields = []string{"user_id", "amount"}
+
+// maxJSONDepth bounds how deeply a body may nest; the API's objects are flat.
+const maxJSONDepth = 32
+
+// decodeJSONFields walks the body's tokens rather than decoding it into a map, which would
+// keep the last of two equal keys, hide the type of a value behind a Go type name in its
+// errors and turn invalid UTF-8 into U+FFFD.
+func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
+	if !utf8.Valid(body) {
+		return nil, ledger.Invalid("", "the body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, jsonSyntaxError(err)
+	}
+	if tok != json.Delim('{') {
+		return nil, ledger.Invalid("", `the body must be a JSON object such as {"name": "petya"}, not `+jsonKind(tok))
+	}
+	fields := map[string]string{}
+	// One set of keys per open object; a nil set stands for an array.
+	open := []map[string]bool{{}}
+	for len(open) > 0 {
+		keys := open[len(open)-1]
+		if !dec.More() {
+			if _, err := dec.Token(); err != nil {
+				return nil, jsonSyntaxError(err)
+			}
+			open = open[:len(open)-1]
+			continue
+		}
+		var key string
+		if keys != nil {
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, jsonSyntaxError(err)
+			}
+			key, _ = tok.(string) // the decoder only returns strings as object keys
+			if keys[key] {
+				return nil, duplicateKey(key, known)
+			}
+			keys[key] = true
+		}
+		value, err := dec.Token()
+		if err != nil {
+			return nil, jsonSyntaxError(err)
+		}
+		topLevel := len(open) == 1 && slices.Contains(known, key)
+		switch v := value.(type) {
+		case json.Delim:
+			if len(open) == maxJSONDepth {
+				return nil, ledger.Invalid("", fmt.Sprintf("the body is nested more than %d levels deep", maxJSONDepth))
+			}
+			if v == '{' {
+				open = append(open, map[string]bool{})
+			} else {
+				open = append(open, nil)
+			}
+		case string:
+			if topLevel {
+				fields[key] = v
+			}
+			continue
+		case json.Number:
+			if topLevel && slices.Contains(numericFields, key) {
+				fields[key] = v.String()
+				continue
+			}
+		case nil:
+			continue // null is the same as leaving the field out
+		}
+		if topLevel {
+			if slices.Contains(numericFields, key) {
+				return nil, ledger.Invalid(key, key+" must be a string or a number")
+			}
+			return nil, ledger.Invalid(key, key+" must be a JSON string")
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, ledger.Invalid("", "the body has data after the JSON object")
+	}
+	return fields, nil
+}
+
+func duplicateKey(key string, known []string) error {
+	field := ""
+	if slices.Contains(known, key) {
+		field = key
+	}
+	return ledger.Invalid(field, fmt.Sprintf("the key %q appears more than once; send each field once", ledger.Clip(key)))
+}
+
+// jsonSyntaxError says where a body stops being JSON, without the decoder's Go wording.
+func jsonSyntaxError(err error) error {
+	var syntax *json.SyntaxError
+	if errors.As(err, &syntax) {
+		return ledger.Invalid("", fmt.Sprintf("the body is not valid JSON: %s (at byte %d)", syntax.Error(), syntax.Offset))
+	}
+	return ledger.Invalid("", "the body ends before its JSON object does")
+}
+
+// jsonKind names the JSON value a token starts.
+func jsonKind(tok json.Token) string {
+	switch tok.(type) {
+	case json.Delim:
+		return "an array"
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "true or false"
+	}
+	return "null"
+}
+
+// parseID reads a positive integer id from a path or body value. Only plain decimal digits
+// are an id, so each id has one spelling: "+10" and "010" are not user 10.
 func parseID(field, s string) (int64, error) {
 	if s == "" {
 		return 0, ledger.Invalid(field, field+" is required")
 	}
+	if !plainDigits(s) {
+		return 0, ledger.Invalid(field, fmt.Sprintf("%s %q is not a positive integer in plain digits (no sign, leading zero, fraction or exponent)", field, ledger.Clip(s)))
+	}
 	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, ledger.Invalid(field, fmt.Sprintf("%s %q is not a positive integer", field, s))
+	if err != nil {
+		return 0, ledger.Invalid(field, fmt.Sprintf("%s %q is larger than %d", field, ledger.Clip(s), int64(math.MaxInt64)))
 	}
 	return id, nil
+}
+
+// parseLimit reads a page size from 1 to most, in plain digits like an id.
+func parseLimit(s string, most int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if !plainDigits(s) || err != nil || n > most {
+		return 0, ledger.Invalid("limit", fmt.Sprintf("limit must be an integer from 1 to %d", most))
+	}
+	return n, nil
+}
+
+// plainDigits reports whether s is a positive integer written the one canonical way.
+func plainDigits(s string) bool {
+	if s == "" || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // RenderTransaction is the answer stored with each transaction, for writers outside the HTTP

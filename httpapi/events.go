@@ -77,11 +77,10 @@ func parseEventsQuery(r *http.Request) (ledger.EventCursor, int, time.Duration, 
 	}
 	limit := defaultEventPage
 	if q.Has("limit") {
-		n, err := strconv.Atoi(q.Get("limit"))
-		if err != nil || n < 1 || n > maxEventPage {
-			return after, 0, 0, ledger.Invalid("limit", fmt.Sprintf("limit must be an integer from 1 to %d", maxEventPage))
+		var err error
+		if limit, err = parseLimit(q.Get("limit"), maxEventPage); err != nil {
+			return after, 0, 0, err
 		}
-		limit = n
 	}
 	var wait time.Duration
 	if q.Has("wait") {

@@ -227,11 +227,9 @@ func parseHistoryQuery(r *http.Request) (ledger.HistoryQuery, error) {
 		*bound.dest = &at
 	}
 	if query.Has("limit") {
-		n, err := strconv.Atoi(query.Get("limit"))
-		if err != nil || n < 1 || n > maxPageSize {
-			return q, ledger.Invalid("limit", fmt.Sprintf("limit must be an integer from 1 to %d", maxPageSize))
+		if q.Limit, err = parseLimit(query.Get("limit"), maxPageSize); err != nil {
+			return q, err
 		}
-		q.Limit = n
 	}
 	if c := query.Get("cursor"); c != "" {
 		cursor, err := decodeCursor(c)
