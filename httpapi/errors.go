@@ -28,6 +28,8 @@ var problems = map[ledger.Code]problemKind{
 	codeBodyTooLarge:               {http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large"},
 	codeUnsupportedMedia:           {http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"},
 	codeMethodNotAllowed:           {http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"},
+	codeMalformedRequest:           {http.StatusBadRequest, "malformed-request", "Malformed request"},
+	codeHeadersTooLarge:            {http.StatusRequestHeaderFieldsTooLarge, "headers-too-large", "Request headers too large"},
 	ledger.CodeUnavailable:         {http.StatusServiceUnavailable, "unavailable", "Service unavailable"},
 	codeUnauthorized:               {http.StatusUnauthorized, "unauthorized", "Unauthorized"},
 	codeForbidden:                  {http.StatusForbidden, "forbidden", "Forbidden"},
@@ -39,6 +41,8 @@ const (
 	codeBodyTooLarge     ledger.Code = "body_too_large"
 	codeUnsupportedMedia ledger.Code = "unsupported_media_type"
 	codeMethodNotAllowed ledger.Code = "method_not_allowed"
+	codeMalformedRequest ledger.Code = "malformed_request"
+	codeHeadersTooLarge  ledger.Code = "headers_too_large"
 	codeUnauthorized     ledger.Code = "unauthorized"
 	codeForbidden        ledger.Code = "forbidden"
 	codeInternal         ledger.Code = "internal"

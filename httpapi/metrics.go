@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -46,6 +48,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// request counts one request. Every label comes from a closed set, so no client can add
+// series: route is a pattern of the route table (or "unmatched"), method one of
+// knownMethods or "OTHER", status a three-digit code.
 func (m *Metrics) request(route, method string, status int, elapsed time.Duration) {
 	if m == nil {
 		return
@@ -53,8 +58,24 @@ func (m *Metrics) request(route, method string, status int, elapsed time.Duratio
 	if route == "" {
 		route = "unmatched"
 	}
-	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	if !slices.Contains(knownMethods, method) {
+		method = "OTHER"
+	}
+	code := "other"
+	switch {
+	case status == 0:
+		code = "200" // a handler that writes nothing is answered 200 by net/http
+	case status >= 100 && status <= 599:
+		code = strconv.Itoa(status)
+	}
+	m.requests.WithLabelValues(route, method, code).Inc()
 	m.duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
+}
+
+// knownMethods are the methods a metric label may name.
+var knownMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace,
 }
 
 func (m *Metrics) transaction(out ledger.Outcome) {

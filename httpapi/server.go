@@ -16,6 +16,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // Health tracks whether the server should receive traffic.
@@ -60,7 +62,7 @@ func NewServer(store Store, log *slog.Logger, health *Health, opts ...Option) ht
 		mux.Handle(pattern, methodNotAllowed(methods))
 	}
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status, p := newProblem("not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+"; see /api/docs", "")
+		status, p := newProblem(ledger.CodeNotFound, "no such endpoint: "+ledger.Clip(r.Method)+" "+ledger.Clip(r.URL.Path)+"; see /api/docs", "")
 		writeProblem(w, status, p)
 	}))
 	var h http.Handler = mux
@@ -75,7 +77,7 @@ func methodNotAllowed(methods []string) http.Handler {
 	allow := strings.Join(methods, ", ")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		status, p := newProblem(codeMethodNotAllowed, r.Method+" is not allowed here; use "+allow, "")
+		status, p := newProblem(codeMethodNotAllowed, ledger.Clip(r.Method)+" is not allowed here; use "+allow, "")
 		writeProblem(w, status, p)
 	})
 }
@@ -179,7 +181,7 @@ func withRequestLog(log *slog.Logger, m *Metrics, next http.Handler) http.Handle
 			span.SetName(routed.Pattern)
 			span.SetAttributes(attribute.String("http.route", routed.Pattern))
 		}
-		log.InfoContext(ctx, "request", "method", r.Method, "path", r.URL.Path,
+		log.InfoContext(ctx, "request", "method", ledger.Clip(r.Method), "path", ledger.Clip(r.URL.Path),
 			"status", rec.status, "duration_ms", float64(elapsed.Microseconds())/1000)
 	})
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tally-ledger/tally/httpapi"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; otherwise it comes from
@@ -67,7 +69,7 @@ func startAdmin(ctx context.Context, port string, log *slog.Logger, reg *prometh
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, MaxHeaderBytes: httpapi.MaxHeaderBytes}
 	go srv.Serve(ln) //nolint:errcheck // ends with Close below
 	log.Info("admin listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 	return ln.Addr().String(), func() { srv.Close() }, nil //nolint:errcheck

@@ -241,6 +241,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", ":"+cfg.port)
@@ -252,7 +253,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		listening <- ln.Addr().String()
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(httpapi.Listener(ln)) }()
 
 	select {
 	case err := <-errc:
