@@ -67,10 +67,11 @@ func rewriteCanned(p []byte) (answer []byte, ok bool) {
 	if !ok {
 		return nil, false
 	}
-	statusLine, _, ok := bytes.Cut(rest, cannedHeaders)
-	if !ok || len(statusLine) < 3 || bytes.Contains(statusLine, []byte("\r\n")) {
+	end := bytes.Index(rest, []byte("\r\n"))
+	if end < 3 || !bytes.HasPrefix(rest[end:], cannedHeaders) {
 		return nil, false
 	}
+	statusLine := rest[:end]
 	code, err := strconv.Atoi(string(statusLine[:3]))
 	if err != nil {
 		return nil, false

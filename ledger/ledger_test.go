@@ -359,18 +359,20 @@ func TestParseType(t *testing.T) {
 		{"ＤＥＰＯＳＩＴ", ""},
 		{"\u00a0DEPOSIT", ""},
 	} {
-		got, err := ledger.ParseType(tc.in)
-		if tc.want == "" {
-			if err == nil {
-				t.Errorf("ParseType(%q) = %q, want an error", tc.in, got)
-				continue
+		t.Run(truncateName(fmt.Sprintf("%q", tc.in)), func(t *testing.T) {
+			t.Parallel()
+			got, err := ledger.ParseType(tc.in)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("ParseType(%q) = %q, want an error", tc.in, got)
+				}
+				requireInvalid(t, err, "type")
+				return
 			}
-			requireInvalid(t, err, "type")
-			continue
-		}
-		if err != nil || got != tc.want {
-			t.Errorf("ParseType(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-		}
+			if err != nil || got != tc.want {
+				t.Fatalf("ParseType(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+			}
+		})
 	}
 }
 
@@ -400,25 +402,26 @@ func TestParseUID(t *testing.T) {
 		{"3f1c2a9e_8d4b_4f7a_9c1e_2b5d6e7f8a90", false},
 		{"12345", false},
 	} {
-		got, err := ledger.ParseUID(tc.in)
-		if !tc.ok {
-			if err == nil {
-				t.Errorf("ParseUID(%q) = %v, want an error", tc.in, got)
-				continue
+		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
+			t.Parallel()
+			got, err := ledger.ParseUID(tc.in)
+			if !tc.ok {
+				if err == nil {
+					t.Fatalf("ParseUID(%q) = %v, want an error", tc.in, got)
+				}
+				requireInvalid(t, err, "uid")
+				if got != uuid.Nil {
+					t.Fatalf("ParseUID(%q) returned %v with its error", tc.in, got)
+				}
+				return
 			}
-			requireInvalid(t, err, "uid")
-			if got != uuid.Nil {
-				t.Errorf("ParseUID(%q) returned %v with its error", tc.in, got)
+			if err != nil {
+				t.Fatalf("ParseUID(%q): %v", tc.in, err)
 			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("ParseUID(%q): %v", tc.in, err)
-			continue
-		}
-		if want := uuid.MustParse(tc.in); got != want || got.String() != strings.ToLower(tc.in) {
-			t.Errorf("ParseUID(%q) = %v, want %v", tc.in, got, want)
-		}
+			if want := uuid.MustParse(tc.in); got != want || got.String() != strings.ToLower(tc.in) {
+				t.Fatalf("ParseUID(%q) = %v, want %v", tc.in, got, want)
+			}
+		})
 	}
 }
 
