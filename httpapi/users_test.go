@@ -75,6 +75,8 @@ func TestCreateUserIdempotencyKey(t *testing.T) {
 			wantStatus: http.StatusUnprocessableEntity, wantField: "Idempotency-Key"},
 		{name: "two keys are refused", body: `{"name": "vasya"}`, keys: []string{"a", "b"},
 			wantStatus: http.StatusUnprocessableEntity, wantField: "Idempotency-Key"},
+		{name: "every visible ASCII character is accepted", body: `{"name": "vasya"}`, keys: []string{visibleASCII()},
+			wantStatus: http.StatusCreated},
 		{name: "a key of 255 characters is accepted", body: `{"name": "vasya"}`, keys: []string{strings.Repeat("k", 255)},
 			wantStatus: http.StatusCreated},
 		{name: "without a key every request creates a user", body: `{"name": "vasya"}`,
@@ -94,6 +96,15 @@ func TestCreateUserIdempotencyKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// visibleASCII is "!" to "~", every character a key may hold.
+func visibleASCII() string {
+	var b strings.Builder
+	for c := byte('!'); c <= '~'; c++ {
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // 40 requests with one Idempotency-Key, sent to two instances at once, create one user and
