@@ -8,6 +8,24 @@ import pytest
 from support import Tally
 
 
+def concurrently(api, n, send):
+    """Calls send(session) from n threads at once, each with a connection of its own, and
+    returns the responses."""
+    results = []
+
+    def run():
+        with Tally(api.base_url) as own:
+            results.append(send(own))
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == n, "a client thread failed; see its traceback above"
+    return results
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 def test_both_methods_create_and_replay(api, user, method):
     uid = str(uuid.uuid4())
@@ -156,18 +174,7 @@ def test_invalid_request_is_not_recorded(api, user):
 
 def test_concurrent_retries_apply_once(api, user):
     uid = str(uuid.uuid4())
-    results = []
-
-    def send():
-        with Tally(api.base_url) as own:  # a connection of its own per client
-            results.append(own.deposit(user["id"], "5.00", uid=uid))
-
-    threads = [threading.Thread(target=send) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == len(threads), "a client thread failed; see its traceback above"
+    results = concurrently(api, 12, lambda own: own.deposit(user["id"], "5.00", uid=uid))
     assert {r.status_code for r in results} == {200}
     assert len({r.content for r in results}) == 1
     assert sum(r.headers.get("Idempotent-Replayed") != "true" for r in results) == 1
@@ -177,20 +184,54 @@ def test_concurrent_retries_apply_once(api, user):
 
 def test_concurrent_withdrawals_never_overdraw(api, user):
     api.applied(user["id"], "DEPOSIT", "100.00")
-    results = []
-
-    def send():
-        with Tally(api.base_url) as own:
-            results.append(own.withdraw(user["id"], "10.00"))
-
-    threads = [threading.Thread(target=send) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == len(threads), "a client thread failed; see its traceback above"
+    results = concurrently(api, 16, lambda own: own.withdraw(user["id"], "10.00"))
     codes = sorted(r.status_code for r in results)
     assert codes == [200] * 10 + [402] * 6
     assert api.balance(user["id"]) == "0.00"
     afters = [t["balance_after"] for t in api.history(user["id"])]
     assert afters == [f"{100 - 10 * i}.00" for i in range(11)]
+
+
+def create_user_with_key(api, name, key):
+    return api.post("/v1/user", json={"name": name}, headers={"Idempotency-Key": key})
+
+
+def test_user_creation_with_idempotency_key_replays(api):
+    key = str(uuid.uuid4())
+    first = create_user_with_key(api, "vasya", key)
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    again = create_user_with_key(api, "vasya", key)
+    assert again.status_code == 201
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.content == first.content
+    assert again.headers["Location"] == first.headers["Location"] == f"/v1/user/{first.json()['id']}"
+
+
+def test_user_idempotency_key_with_another_name_is_a_conflict(api):
+    key = str(uuid.uuid4())
+    assert create_user_with_key(api, "vasya", key).status_code == 201
+    r = create_user_with_key(api, "petya", key)
+    assert r.status_code == 422
+    assert r.json()["type"] == "urn:tally:problem:idempotency-conflict"
+    assert r.json()["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("key", ["two words", "x" * 256, "ключ".encode().decode("latin-1")])
+def test_malformed_user_idempotency_key_is_refused(api, key):
+    r = create_user_with_key(api, "vasya", key)
+    assert r.status_code == 422
+    assert r.json()["field"] == "Idempotency-Key"
+
+
+def test_user_creation_without_key_creates_each_time(api):
+    first, second = api.create_user("vasya"), api.create_user("vasya")
+    assert first["id"] != second["id"]
+
+
+def test_concurrent_user_creations_with_one_key_create_one_user(api):
+    key = str(uuid.uuid4())
+    results = concurrently(api, 12, lambda own: create_user_with_key(own, "masha", key))
+    assert {r.status_code for r in results} == {201}
+    assert len({r.content for r in results}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") != "true" for r in results) == 1

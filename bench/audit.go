@@ -173,8 +173,8 @@ func (a *auditor) checkStored(ctx context.Context, writes []writeRecord) error {
 		case r.userID != w.UserID || r.typ != w.Type || r.amount != w.Amount:
 			a.violate(c, w.UID, w.UserID, "sent user %d %s %s, stored user %d %s %s", w.UserID, w.Type,
 				ledger.Amount(w.Amount), r.userID, r.typ, ledger.Amount(r.amount))
-		case r.timestampGiven != (w.Timestamp != "") || (w.Timestamp != "" && !sameInstant(w.Timestamp, r.ts)):
-			a.violate(c, w.UID, w.UserID, "sent timestamp %q, stored %s (given: %v)", w.Timestamp, ledger.FormatTime(r.ts), r.timestampGiven)
+		case r.timestampGiven != (w.Timestamp != nil) || (w.Timestamp != nil && !w.Timestamp.Equal(r.ts)):
+			a.violate(c, w.UID, w.UserID, "sent timestamp %v, stored %s (given: %v)", w.Timestamp, ledger.FormatTime(r.ts), r.timestampGiven)
 		case r.status != want:
 			a.violate(c, w.UID, w.UserID, "answered %d but stored as %s", w.Status, r.status)
 		case r.responseStatus != w.Status || !bytes.Equal(r.responseBody, w.Body):
@@ -215,12 +215,6 @@ func (a *auditor) checkStored(ctx context.Context, writes []writeRecord) error {
 	return nil
 }
 
-// sameInstant compares a timestamp as sent with the stored one.
-func sameInstant(sent string, stored time.Time) bool {
-	t, err := ledger.ParseTime("timestamp", sent)
-	return err == nil && t.Equal(stored)
-}
-
 // checkResend is part of check 1: a sample of refused uids sent again is refused again, and a
 // sample of applied ones is answered as the first time, both marked replayed.
 func (a *auditor) checkResend(ctx context.Context, writes []writeRecord) error {
@@ -238,11 +232,11 @@ func (a *auditor) checkResend(ctx context.Context, writes []writeRecord) error {
 	var mu sync.Mutex
 	err := a.b.parallel(ctx, len(sample), func(i int) error {
 		w := sample[i]
-		res, err := a.b.send(ctx, http.MethodPost, "/v1/transaction", w.requestBody(), true)
+		res, _, err := a.b.transact(ctx, w)
 		mu.Lock()
 		defer mu.Unlock()
 		c.Checked++
-		if err != nil {
+		if res.Status == 0 {
 			a.violate(c, w.UID, w.UserID, "sent again: %v", err)
 		} else if v := checkReplay(w, res); v != "" {
 			a.violate(c, w.UID, w.UserID, "sent again: %s", v)
@@ -297,7 +291,7 @@ func (a *auditor) checkBalances(ctx context.Context, _ []writeRecord) error {
 	var mu sync.Mutex
 	return a.b.parallel(ctx, len(a.users), func(i int) error {
 		id := a.users[i]
-		api, apiErr := a.b.balance(ctx, id, "")
+		api, apiErr := a.b.balance(ctx, id, nil)
 		mu.Lock()
 		defer mu.Unlock()
 		c.Checked++
@@ -322,7 +316,7 @@ func (a *auditor) checkBalancesAt(ctx context.Context, _ []writeRecord) error {
 	c := a.check("GET balance?date= equals the sum of APPLIED transactions up to the date")
 	type probe struct {
 		user int64
-		at   string
+		at   time.Time
 		want int64
 	}
 	probes := make([]probe, 0, a.b.cfg.verifySample)
@@ -336,10 +330,9 @@ func (a *auditor) checkBalancesAt(ctx context.Context, _ []writeRecord) error {
 		if first == nil {
 			continue
 		}
-		at := first.Add(time.Duration(rand.Int64N(int64(last.Sub(*first)) + 1))).Truncate(time.Microsecond)
-		p.at = ledger.FormatTime(at)
+		p.at = first.Add(time.Duration(rand.Int64N(int64(last.Sub(*first)) + 1))).UTC().Truncate(time.Microsecond)
 		if err := a.tx.QueryRow(ctx, `SELECT coalesce(sum(`+signedAmount+`), 0)::bigint FROM transactions
-			WHERE user_id = $1 AND status = 'APPLIED' AND ts <= $2`, p.user, at).Scan(&p.want); err != nil {
+			WHERE user_id = $1 AND status = 'APPLIED' AND ts <= $2`, p.user, p.at).Scan(&p.want); err != nil {
 			return err
 		}
 		probes = append(probes, p)
@@ -347,14 +340,14 @@ func (a *auditor) checkBalancesAt(ctx context.Context, _ []writeRecord) error {
 	var mu sync.Mutex
 	return a.b.parallel(ctx, len(probes), func(i int) error {
 		p := probes[i]
-		got, err := a.b.balance(ctx, p.user, p.at)
+		got, err := a.b.balance(ctx, p.user, &p.at)
 		mu.Lock()
 		defer mu.Unlock()
 		c.Checked++
 		if err != nil {
-			a.violate(c, "", p.user, "read the balance at %s: %v", p.at, err)
+			a.violate(c, "", p.user, "read the balance at %s: %v", ledger.FormatTime(p.at), err)
 		} else if got != p.want {
-			a.violate(c, "", p.user, "at %s the API says %s, the applied transactions sum to %s", p.at, ledger.Amount(got), ledger.Amount(p.want))
+			a.violate(c, "", p.user, "at %s the API says %s, the applied transactions sum to %s", ledger.FormatTime(p.at), ledger.Amount(got), ledger.Amount(p.want))
 		}
 		return nil
 	})

@@ -3,9 +3,10 @@
 //
 // The load phase sends a mix of deposits, withdrawals and balance reads, back to back from a
 // number of workers (closed loop) or at a fixed rate (open loop, latency counted from each
-// request's scheduled instant), round-robin across one or more base URLs. Writes are retried
-// as a careful client would: the uid is chosen before the first attempt and every retry after
-// a network error, timeout or 5xx sends the same bytes. Every answered write is remembered.
+// request's scheduled instant), round-robin across one or more base URLs. Every request goes
+// through the Go client (package client), so bench retries as a careful client does: the uid
+// is chosen before the first attempt and every retry after a network error, timeout or 5xx
+// sends the same bytes, to the next base URL. Every answered write is remembered.
 //
 // --verify then audits: through the API, and by reading the users, transactions and outbox
 // tables directly in one read-only, repeatable-read database transaction. It is an audit
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -31,8 +33,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/google/uuid"
-
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -109,7 +110,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		flags.PrintDefaults()
 	}
 	var urls, userIDs listFlag
-	flags.Var(&urls, "url", "base URL of a tally instance; repeat or comma-separate to round-robin across several (default http://127.0.0.1:8000)")
+	flags.Var(&urls, "url", "base URL (scheme://host:port) of a tally instance; repeat or comma-separate to round-robin across several (default http://127.0.0.1:8000)")
 	flags.StringVar(&cfg.databaseURL, "database-url", "", "PostgreSQL URL that --verify reads tally's tables from (read-only)")
 	flags.IntVar(&cfg.users, "users", 100, "users to create through the API before the load")
 	flags.Var(&userIDs, "user-ids", "existing users to load instead of creating them: 1,2,10-20")
@@ -149,6 +150,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	for i, u := range cfg.urls {
 		cfg.urls[i] = strings.TrimRight(u, "/")
+		if parsed, err := url.Parse(cfg.urls[i]); err != nil || parsed.Scheme == "" || parsed.Host == "" || parsed.Path != "" {
+			return cfg, fmt.Errorf("--url %q is not a base URL such as http://127.0.0.1:8000", u)
+		}
 	}
 	ids, err := parseUserIDs(userIDs)
 	if err != nil {
@@ -212,8 +216,8 @@ func parseUserIDs(parts []string) ([]int64, error) {
 // bench is one run.
 type bench struct {
 	cfg          config
-	http         *http.Client
-	next         atomic.Uint64 // round-robin over the base URLs
+	api          *client.Client
+	transport    *http.Transport
 	stdout       io.Writer
 	stderr       io.Writer
 	users        []int64
@@ -246,10 +250,18 @@ func newBench(cfg config, stdout, stderr io.Writer) *bench {
 	transport.MaxIdleConns = cfg.workers * len(cfg.urls)
 	transport.MaxIdleConnsPerHost = cfg.workers
 	transport.DisableCompression = true
-	return &bench{cfg: cfg, http: &http.Client{Transport: transport}, stdout: stdout, stderr: stderr}
+	rr := &roundRobin{base: transport}
+	for _, u := range cfg.urls {
+		host, _ := url.Parse(u) // parseConfig checked it
+		rr.hosts = append(rr.hosts, host)
+	}
+	api := client.New(cfg.urls[0], client.WithHTTPClient(&http.Client{Transport: rr}),
+		client.WithRetryPolicy(client.RetryPolicy{MaxAttempts: cfg.maxAttempts, BaseDelay: cfg.retryDelay, MaxDelay: time.Second}),
+		client.WithAttemptTimeout(cfg.timeout))
+	return &bench{cfg: cfg, api: api, transport: transport, stdout: stdout, stderr: stderr}
 }
 
-func (b *bench) close() { b.http.CloseIdleConnections() }
+func (b *bench) close() { b.transport.CloseIdleConnections() }
 
 // run is one bench: setup, load, report, audit. The error is for a run that could not be
 // made; violations are in the results.
@@ -322,7 +334,8 @@ func (b *bench) setup(ctx context.Context) ([]writeRecord, error) {
 		b.usersCreated = true
 		prefix := "bench-" + strconv.FormatInt(started.Unix(), 36)
 		err := b.parallel(ctx, len(b.users), func(i int) error {
-			id, err := b.createUser(ctx, fmt.Sprintf("%s-%d", prefix, i))
+			u, err := b.api.CreateUser(ctx, fmt.Sprintf("%s-%d", prefix, i))
+			id := u.ID
 			b.users[i] = id
 			return err
 		})
@@ -333,18 +346,15 @@ func (b *bench) setup(ctx context.Context) ([]writeRecord, error) {
 	if b.cfg.initial == 0 {
 		return nil, nil
 	}
-	at := ledger.FormatTime(started.Add(-b.cfg.backdateMax - time.Second))
+	at := started.Add(-b.cfg.backdateMax - time.Second).UTC().Truncate(time.Microsecond)
 	writes := make([]writeRecord, len(b.users))
 	err := b.parallel(ctx, len(b.users), func(i int) error {
-		w := writeRecord{UID: uuid.NewString(), UserID: b.users[i], Type: "DEPOSIT", Amount: b.cfg.initial, Timestamp: at}
-		res, err := b.send(ctx, http.MethodPost, "/v1/transaction", w.requestBody(), true)
-		w.Status, w.Body = res.status, res.body
+		w := writeRecord{UID: client.NewUID(), UserID: b.users[i], Type: string(client.Deposit), Amount: b.cfg.initial, Timestamp: &at}
+		res, _, err := b.transact(ctx, w)
+		w.Status, w.Body = res.Status, res.Body
 		writes[i] = w
-		if err != nil {
-			return fmt.Errorf("initial deposit for user %d: %w", w.UserID, err)
-		}
 		if w.Status != http.StatusOK {
-			return fmt.Errorf("initial deposit for user %d: %d %s", w.UserID, w.Status, strings.TrimSpace(string(w.Body)))
+			return fmt.Errorf("initial deposit for user %d: %d %s: %w", w.UserID, w.Status, strings.TrimSpace(string(w.Body)), err)
 		}
 		return nil
 	})

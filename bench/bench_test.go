@@ -179,6 +179,8 @@ func TestParseConfig(t *testing.T) {
 		{"--hot-share", "2"},
 		{"--amount-max", "0.001"},
 		{"stray"},
+		{"--url", "localhost:8000"},
+		{"--url", "http://a:1/prefix"},
 	} {
 		_, err := parseConfig(args, io.Discard)
 		require.Error(t, err, args)

@@ -3,23 +3,16 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
-
-	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/client"
 )
 
 // op is one kind of request the load generator sends.
@@ -38,11 +31,11 @@ var opNames = [numOps]string{"deposit", "withdraw", "balance", "balance_at", "re
 
 // writeRecord is one write as the client saw it; the audit checks the database against it.
 type writeRecord struct {
-	UID       string `json:"uid"`
-	UserID    int64  `json:"user_id"`
-	Type      string `json:"type"`
-	Amount    int64  `json:"amount"`              // minor units
-	Timestamp string `json:"timestamp,omitempty"` // as sent; empty when omitted
+	UID       string     `json:"uid"`
+	UserID    int64      `json:"user_id"`
+	Type      string     `json:"type"`
+	Amount    int64      `json:"amount"`              // minor units
+	Timestamp *time.Time `json:"timestamp,omitempty"` // as sent; nil when omitted
 	// Status is the first final answer's status: 200 or 402 acknowledge the write; 0 (no
 	// answer) or a 5xx after the last attempt leave its outcome unknown.
 	Status int `json:"status"`
@@ -55,148 +48,71 @@ func (w writeRecord) acknowledged() bool {
 	return w.Status == http.StatusOK || w.Status == http.StatusPaymentRequired
 }
 
-// requestBody is the JSON the write was sent with, the same bytes on every attempt.
-func (w writeRecord) requestBody() []byte {
-	b := fmt.Appendf(nil, `{"uid":%q,"user_id":%d,"type":%q,"amount":%q`,
-		w.UID, w.UserID, w.Type, ledger.Amount(w.Amount).String())
-	if w.Timestamp != "" {
-		b = fmt.Appendf(b, `,"timestamp":%q`, w.Timestamp)
+// request is the write as the client sends it, the same on every attempt and every replay.
+func (w writeRecord) request() client.TransactionRequest {
+	return client.TransactionRequest{UID: w.UID, UserID: w.UserID, Type: client.TransactionType(w.Type),
+		Amount: client.Amount(w.Amount), Timestamp: w.Timestamp}
+}
+
+// roundRobin sends each attempt to the next base URL, so that a retry goes to another
+// instance, and counts the attempts of a request whose context carries a counter.
+type roundRobin struct {
+	hosts []*url.URL
+	next  atomic.Uint64
+	base  http.RoundTripper
+}
+
+type attemptsKey struct{}
+
+// withAttempts returns a context whose requests roundRobin counts in the returned counter.
+func withAttempts(ctx context.Context) (context.Context, *atomic.Int64) {
+	n := new(atomic.Int64)
+	return context.WithValue(ctx, attemptsKey{}, n), n
+}
+
+// RoundTrip sends one attempt to the next instance.
+func (rr *roundRobin) RoundTrip(req *http.Request) (*http.Response, error) {
+	if n, ok := req.Context().Value(attemptsKey{}).(*atomic.Int64); ok {
+		n.Add(1)
 	}
-	return append(b, '}')
+	host := rr.hosts[(rr.next.Add(1)-1)%uint64(len(rr.hosts))]
+	out := req.Clone(req.Context())
+	out.URL.Scheme, out.URL.Host, out.Host = host.Scheme, host.Host, ""
+	return rr.base.RoundTrip(out)
 }
 
-// response is an answer read in full.
-type response struct {
-	status   int
-	replayed bool
-	body     []byte
-	attempts int
+// transact sends a write through the client, which retries it with the same uid after a
+// network error, a timeout, a 429 or a 5xx. It returns the last answer (Status 0 when none
+// came) and the attempts made; a refusal is an answer, not an error.
+func (b *bench) transact(ctx context.Context, w writeRecord) (client.TransactionResult, int, error) {
+	ctx, attempts := withAttempts(ctx)
+	res, err := b.api.Transact(ctx, w.request())
+	return res, int(attempts.Load()), err
 }
 
-// send makes one logical request: it is sent again, to the next base URL, after a network
-// error, a timeout, a 429 or a 5xx, with the same bytes (for a write: the same uid), until it
-// gets another answer or runs out of attempts. retry false sends again only when the
-// connection could not be made, for requests without an idempotency key.
-func (b *bench) send(ctx context.Context, method, path string, body []byte, retry bool) (response, error) {
-	var res response
+// balance reads a user's balance through the API, now (at nil) or at an instant.
+func (b *bench) balance(ctx context.Context, userID int64, at *time.Time) (int64, error) {
+	var ub client.UserBalance
 	var err error
-	for res.attempts < b.cfg.maxAttempts {
-		if res.attempts > 0 {
-			delay := min(b.cfg.retryDelay<<(res.attempts-1), time.Second)
-			timer := time.NewTimer(delay/2 + rand.N(delay/2+1))
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return res, ctx.Err()
-			case <-timer.C:
-			}
-		}
-		res.attempts++
-		var status int
-		var header http.Header
-		var answer []byte
-		status, header, answer, err = b.attempt(ctx, method, path, body)
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return res, err
-			}
-			// Without an idempotency key, only a request that never left may be sent again.
-			var op *net.OpError
-			if neverSent := errors.As(err, &op) && op.Op == "dial"; !retry && !neverSent {
-				return res, err
-			}
-		case status >= 500 || status == http.StatusTooManyRequests:
-			err = fmt.Errorf("%s %s: %d %s", method, path, status, bytes.TrimSpace(answer))
-			res.status = status
-			if !retry {
-				return res, err
-			}
-		default:
-			return response{status: status, replayed: header.Get("Idempotent-Replayed") == "true", body: answer, attempts: res.attempts}, nil
-		}
+	if at == nil {
+		ub, err = b.api.Balance(ctx, userID)
+	} else {
+		ub, err = b.api.BalanceAt(ctx, userID, *at)
 	}
-	return res, err
+	return int64(ub.Balance), err
 }
 
-// attempt is one try at one base URL, bounded by the attempt timeout.
-func (b *bench) attempt(ctx context.Context, method, path string, body []byte) (int, http.Header, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.timeout)
-	defer cancel()
-	base := b.cfg.urls[(b.next.Add(1)-1)%uint64(len(b.cfg.urls))]
-	var reader io.Reader
-	if body != nil {
-		reader = bytes.NewReader(body)
+// answerStatus is the status of the answer behind a client call's error: 200 for none, 0 when
+// no answer came.
+func answerStatus(err error) int {
+	if err == nil {
+		return http.StatusOK
 	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, reader)
-	if err != nil {
-		return 0, nil, nil, err
+	var e *client.Error
+	if errors.As(err, &e) {
+		return e.Status
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := b.http.Do(req)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	return resp.StatusCode, resp.Header, answer, nil
-}
-
-// createUser creates one user; it is not retried once the request may have arrived, since a
-// user has no idempotency key.
-func (b *bench) createUser(ctx context.Context, name string) (int64, error) {
-	res, err := b.send(ctx, http.MethodPost, "/v1/user", fmt.Appendf(nil, `{"name":%q}`, name), false)
-	if err != nil {
-		return 0, err
-	}
-	if res.status != http.StatusCreated {
-		return 0, fmt.Errorf("create user: %d %s", res.status, bytes.TrimSpace(res.body))
-	}
-	var u struct {
-		ID int64 `json:"id"`
-	}
-	if err := json.Unmarshal(res.body, &u); err != nil {
-		return 0, fmt.Errorf("create user: %w", err)
-	}
-	return u.ID, nil
-}
-
-// balance reads a user's balance through the API, now or at an instant.
-func (b *bench) balance(ctx context.Context, userID int64, at string) (int64, error) {
-	path := "/v1/user/" + strconv.FormatInt(userID, 10) + "/balance"
-	if at != "" {
-		path += "?date=" + url.QueryEscape(at)
-	}
-	res, err := b.send(ctx, http.MethodGet, path, nil, true)
-	if err != nil {
-		return 0, err
-	}
-	if res.status != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %d %s", path, res.status, bytes.TrimSpace(res.body))
-	}
-	var body struct {
-		Balance string `json:"balance"`
-	}
-	if err := json.Unmarshal(res.body, &body); err != nil {
-		return 0, fmt.Errorf("GET %s: %w", path, err)
-	}
-	return parseCents(body.Balance)
-}
-
-// parseCents reads an amount as tally writes it, "123.45", into minor units.
-func parseCents(s string) (int64, error) {
-	whole, frac, ok := strings.Cut(s, ".")
-	w, err1 := strconv.ParseInt(whole, 10, 64)
-	f, err2 := strconv.ParseInt(frac, 10, 64)
-	if !ok || len(frac) != 2 || err1 != nil || err2 != nil || f < 0 {
-		return 0, fmt.Errorf("amount %q is not in the form 123.45", s)
-	}
-	return w*100 + f, nil
+	return 0
 }
 
 // recorder collects latencies and statuses from every worker, and the per-second series.
@@ -320,10 +236,10 @@ func (w *worker) one(ctx context.Context, intended time.Time) {
 	case x < cfg.mix[opDeposit]+cfg.mix[opWithdraw]:
 		w.write(ctx, intended, opWithdraw, user)
 	case x < cfg.mix[opDeposit]+cfg.mix[opWithdraw]+cfg.mix[opBalance]:
-		w.read(ctx, intended, opBalance, user, "")
+		w.read(ctx, intended, opBalance, user, nil)
 	default:
 		at := time.Now().Add(-time.Duration(w.rng.Int64N(int64(cfg.backdateMax) + 1)))
-		w.read(ctx, intended, opBalanceAt, user, ledger.FormatTime(at))
+		w.read(ctx, intended, opBalanceAt, user, &at)
 	}
 }
 
@@ -339,47 +255,45 @@ func (w *worker) pickUser() int64 {
 	return users[hot+w.rng.IntN(len(users)-hot)]
 }
 
-func (w *worker) read(ctx context.Context, intended time.Time, o op, user int64, at string) {
-	path := "/v1/user/" + strconv.FormatInt(user, 10) + "/balance"
-	if at != "" {
-		path += "?date=" + url.QueryEscape(at)
-	}
-	res, _ := w.b.send(ctx, http.MethodGet, path, nil, true)
-	w.b.rec.record(o, res.status, time.Since(intended), res.attempts)
+func (w *worker) read(ctx context.Context, intended time.Time, o op, user int64, at *time.Time) {
+	ctx, attempts := withAttempts(ctx)
+	_, err := w.b.balance(ctx, user, at)
+	w.b.rec.record(o, answerStatus(err), time.Since(intended), int(attempts.Load()))
 }
 
 func (w *worker) write(ctx context.Context, intended time.Time, o op, user int64) {
 	cfg := w.b.cfg
-	rec := writeRecord{UID: uuid.NewString(), UserID: user, Type: "DEPOSIT", Amount: 1 + w.rng.Int64N(cfg.amountMax)}
+	rec := writeRecord{UID: client.NewUID(), UserID: user, Type: string(client.Deposit), Amount: 1 + w.rng.Int64N(cfg.amountMax)}
 	if o == opWithdraw {
-		rec.Type = "WITHDRAW"
+		rec.Type = string(client.Withdraw)
 	}
 	if w.rng.Float64() < cfg.backdateShare {
-		rec.Timestamp = ledger.FormatTime(time.Now().Add(-time.Duration(w.rng.Int64N(int64(cfg.backdateMax)) + 1)))
+		// tally keeps microseconds; the audit compares the instant sent with the one stored.
+		at := time.Now().Add(-time.Duration(w.rng.Int64N(int64(cfg.backdateMax)) + 1)).UTC().Truncate(time.Microsecond)
+		rec.Timestamp = &at
 	}
-	body := rec.requestBody()
-	res, _ := w.b.send(ctx, http.MethodPost, "/v1/transaction", body, true)
-	w.b.rec.record(o, res.status, time.Since(intended), res.attempts)
-	rec.Status = res.status
+	res, attempts, _ := w.b.transact(ctx, rec)
+	w.b.rec.record(o, res.Status, time.Since(intended), attempts)
+	rec.Status = res.Status
 	if rec.acknowledged() {
-		rec.Body = res.body
-	} else if res.status >= 400 && res.status < 500 {
+		rec.Body = res.Body
+	} else if res.Status >= 400 && res.Status < 500 {
 		w.violations = append(w.violations, Violation{Check: "answer", UID: rec.UID, UserID: user,
-			Detail: fmt.Sprintf("unexpected %d: %s", res.status, bytes.TrimSpace(res.body))})
+			Detail: fmt.Sprintf("unexpected %d: %s", res.Status, bytes.TrimSpace(res.Body))})
 	}
 	w.writes = append(w.writes, rec)
 	if rec.acknowledged() && w.rng.Float64() < cfg.retryShare {
-		w.replay(ctx, rec, body)
+		w.replay(ctx, rec)
 	}
 }
 
 // replay sends an answered write again and requires the first answer back, marked replayed.
-func (w *worker) replay(ctx context.Context, rec writeRecord, body []byte) {
+func (w *worker) replay(ctx context.Context, rec writeRecord) {
 	start := time.Now()
-	res, err := w.b.send(ctx, http.MethodPost, "/v1/transaction", body, true)
-	w.b.rec.record(opReplay, res.status, time.Since(start), res.attempts)
-	if err != nil {
-		return // no answer: the service may be overloaded; nothing to hold it to
+	res, attempts, _ := w.b.transact(ctx, rec)
+	w.b.rec.record(opReplay, res.Status, time.Since(start), attempts)
+	if res.Status == 0 || res.Status >= 500 {
+		return // no final answer: the service may be overloaded; nothing to hold it to
 	}
 	if v := checkReplay(rec, res); v != "" {
 		w.violations = append(w.violations, Violation{Check: "replay", UID: rec.UID, UserID: rec.UserID, Detail: v})
@@ -387,15 +301,15 @@ func (w *worker) replay(ctx context.Context, rec writeRecord, body []byte) {
 }
 
 // checkReplay compares the answer to a repeated write with the first one; "" when they agree.
-func checkReplay(rec writeRecord, res response) string {
+func checkReplay(rec writeRecord, res client.TransactionResult) string {
 	switch {
-	case res.status != rec.Status:
-		return fmt.Sprintf("first answer %d, the repeat got %d: %s", rec.Status, res.status, bytes.TrimSpace(res.body))
-	case !res.replayed:
+	case res.Status != rec.Status:
+		return fmt.Sprintf("first answer %d, the repeat got %d: %s", rec.Status, res.Status, bytes.TrimSpace(res.Body))
+	case !res.Replayed:
 		return "the repeat was not marked Idempotent-Replayed: true"
-	case !bytes.Equal(res.body, rec.Body):
+	case !bytes.Equal(res.Body, rec.Body):
 		return fmt.Sprintf("the repeat's body differs from the first answer: first %s, repeat %s",
-			bytes.TrimSpace(rec.Body), bytes.TrimSpace(res.body))
+			bytes.TrimSpace(rec.Body), bytes.TrimSpace(res.Body))
 	}
 	return ""
 }

@@ -87,6 +87,10 @@ type TransactionResult struct {
 	// was lost or by an earlier call, and answered with the recorded outcome. The money moved
 	// once either way.
 	Replayed bool
+	// Status and Body are tally's last answer as it arrived, byte for byte (0 and nil when
+	// none came). A replay carries the first answer's bytes, so they can be compared.
+	Status int
+	Body   []byte
 }
 
 // Transact sends a deposit or withdrawal and retries it with the same uid until tally
@@ -112,8 +116,9 @@ func (c *Client) Transact(ctx context.Context, req TransactionRequest) (Transact
 		return res, err
 	}
 	ans, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/transaction", body: b,
-		idempotencyKey: req.UID, safeToRepeat: true})
+		idempotencyKey: req.UID})
 	res.Replayed = ans.header.Get("Idempotent-Replayed") == "true"
+	res.Status, res.Body = ans.status, ans.body
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Transaction != nil {
@@ -141,18 +146,18 @@ func (c *Client) Transaction(ctx context.Context, uid string) (Transaction, erro
 	return t, c.get(ctx, "/v1/transaction/"+url.PathEscape(uid), nil, &t)
 }
 
-// CreateUser creates a user with a zero balance.
+// CreateUser creates a user with a zero balance, and retries it like a transaction.
 //
-// Unlike a transaction it carries no idempotency key, so tally cannot tell a retry from a
-// second request: a retry after the request may have reached the server could create two
-// users. It is therefore retried only when the connection could not be made; after any
-// other failure the caller must find out, by its own means, whether the user exists.
+// Each call chooses a fresh Idempotency-Key before the first attempt and sends it on every
+// retry, so a retry after a lost answer gets the user the first attempt created instead of
+// creating a second one. Two calls create two users.
 func (c *Client) CreateUser(ctx context.Context, name string) (User, error) {
 	b, err := json.Marshal(map[string]string{"name": name})
 	if err != nil {
 		return User{}, err
 	}
-	ans, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/user", body: b})
+	ans, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/user", body: b,
+		idempotencyKey: NewUID()})
 	if err != nil {
 		return User{}, err
 	}
@@ -273,7 +278,7 @@ func (c *Client) Events(ctx context.Context, after string, limit int, wait time.
 		Events []json.RawMessage `json:"events"`
 		Next   string            `json:"next"`
 	}
-	ans, err := c.do(ctx, call{method: http.MethodGet, path: "/v1/events", query: query, safeToRepeat: true, longPoll: wait})
+	ans, err := c.do(ctx, call{method: http.MethodGet, path: "/v1/events", query: query, longPoll: wait})
 	if err != nil {
 		return nil, after, err
 	}
@@ -289,7 +294,7 @@ func (c *Client) Events(ctx context.Context, after string, limit int, wait time.
 // get reads a resource, retrying on the same conditions as a transaction: a read changes
 // nothing, so repeating it is always safe.
 func (c *Client) get(ctx context.Context, path string, query url.Values, out any) error {
-	ans, err := c.do(ctx, call{method: http.MethodGet, path: path, query: query, safeToRepeat: true})
+	ans, err := c.do(ctx, call{method: http.MethodGet, path: path, query: query})
 	if err != nil {
 		return err
 	}

@@ -15,8 +15,8 @@
 //	case err != nil: // res.UID may be retried later, even by another process
 //	}
 //
-// Reads are retried on the same conditions. CreateUser is the exception: tally has no
-// idempotency key for it, so it is retried only when the connection could not be made.
+// Reads are retried on the same conditions, and so is CreateUser: each call sends a fresh
+// Idempotency-Key, the same on all its attempts, so a retry never creates a second user.
 //
 // A uid protects against duplicates only while it is kept. A caller that may crash between
 // attempts should store the uid (with whatever the transfer belongs to) before calling
@@ -26,11 +26,9 @@ package client
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -122,8 +120,6 @@ type call struct {
 	body         []byte // the same bytes on every attempt
 	// idempotencyKey, when set, goes in the Idempotency-Key header.
 	idempotencyKey string
-	// safeToRepeat says the request may be sent again after it may have reached the server.
-	safeToRepeat bool
 	// longPoll is how long the server may hold the request; it extends the attempt timeout.
 	longPoll time.Duration
 }
@@ -136,6 +132,8 @@ type answer struct {
 }
 
 // do sends the call until it succeeds, fails for good, or runs out of attempts or context.
+// Every call of this client is safe to repeat: reads change nothing, and writes carry an
+// idempotency key chosen before the first attempt.
 // It returns the last answer received, if any, with an *Error for a non-2xx one.
 func (c *Client) do(ctx context.Context, cl call) (answer, error) {
 	var last answer
@@ -147,15 +145,12 @@ func (c *Client) do(ctx context.Context, cl call) (answer, error) {
 			if ctx.Err() != nil {
 				return last, fmt.Errorf("tally: %s %s: %w", cl.method, cl.path, err)
 			}
-			if !cl.safeToRepeat && !neverSent(err) {
-				return last, fmt.Errorf("tally: %s %s: not retried, the request may have reached the server: %w", cl.method, cl.path, err)
-			}
 		case ans.status >= 200 && ans.status < 300:
 			return ans, nil
 		default:
 			last = ans
 			err = newError(ans)
-			if !cl.safeToRepeat || !retryableStatus(ans.status) {
+			if !retryableStatus(ans.status) {
 				return last, err
 			}
 			retryAfter = parseRetryAfter(ans.header)
@@ -213,13 +208,6 @@ func (c *Client) send(ctx context.Context, cl call) (answer, error) {
 		return answer{}, fmt.Errorf("read the answer to %s %s: %w", cl.method, cl.path, err)
 	}
 	return answer{status: resp.StatusCode, header: resp.Header, body: b}, nil
-}
-
-// neverSent reports whether err means the connection could not be made, so the server cannot
-// have seen the request.
-func neverSent(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // retryableStatus lists the answers that say "not done, or done and the answer lost":

@@ -42,6 +42,7 @@ const (
 type seenRequest struct {
 	route string // method and path
 	uid   string // the body's uid, if any
+	key   string // the Idempotency-Key header, if any
 	at    time.Time
 }
 
@@ -98,7 +99,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	route := r.Method + " " + r.URL.Path
 
 	p.mu.Lock()
-	p.seen = append(p.seen, seenRequest{route: route, uid: fields.UID, at: time.Now()})
+	p.seen = append(p.seen, seenRequest{route: route, uid: fields.UID, key: r.Header.Get("Idempotency-Key"), at: time.Now()})
 	f := forward
 	if plan := p.plans[route]; len(plan) > 0 {
 		f, p.plans[route] = plan[0], plan[1:]
@@ -212,19 +213,22 @@ func amount(t testing.TB, s string) client.Amount {
 
 const postTransaction = "POST /v1/transaction"
 
+// lostAnswers are the ways an answer is lost after tally committed the request.
+var lostAnswers = []struct {
+	name   string
+	faults []fault
+	opts   []client.Option
+}{
+	{"connection dropped twice", []fault{dropAfterForward, dropAfterForward}, nil},
+	{"gateway timeout", []fault{gatewayTimeoutAfterForward}, nil},
+	{"answer delayed past the attempt timeout", []fault{delayAfterForward}, []client.Option{client.WithAttemptTimeout(300 * time.Millisecond)}},
+}
+
 // A deposit whose answer is lost after tally committed it is retried with the uid chosen
 // before the first attempt; the retry gets the recorded answer and the money moves once.
 func TestTransactRetriesLostAnswersWithOneUID(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name   string
-		faults []fault
-		opts   []client.Option
-	}{
-		{"connection dropped twice", []fault{dropAfterForward, dropAfterForward}, nil},
-		{"gateway timeout", []fault{gatewayTimeoutAfterForward}, nil},
-		{"answer delayed past the attempt timeout", []fault{delayAfterForward}, []client.Option{client.WithAttemptTimeout(300 * time.Millisecond)}},
-	} {
+	for _, tc := range lostAnswers {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, tc.opts...)
@@ -445,33 +449,30 @@ func TestReadsAreRetried(t *testing.T) {
 	require.Len(t, b.proxy.requests("GET /v1/user/99"), 1)
 }
 
-// CreateUser has no idempotency key: once the request may have reached tally it is not
-// retried, because tally may have created the user, as it did here.
-func TestCreateUserIsNotRetriedOnceSent(t *testing.T) {
+// A user creation whose answer is lost is retried with the Idempotency-Key chosen before the
+// first attempt; tally answers the retry with the user it created, and creates no other.
+// (Failures before tally are retried like a transaction's: TestTransactRetriesFailuresBeforeTally.)
+func TestCreateUserRetriesLostAnswersWithOneKey(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name    string
-		fault   fault
-		created bool
-	}{
-		{"connection dropped", dropAfterForward, true},
-		{"gateway timeout", gatewayTimeoutAfterForward, true},
-		{"failure before tally", failBeforeForward, false},
-	} {
+	for _, tc := range lostAnswers {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t)
-			b.proxy.plan("POST /v1/user", tc.fault)
-			_, err := b.client.CreateUser(t.Context(), "petya")
-			require.Error(t, err)
-			require.Len(t, b.proxy.requests("POST /v1/user"), 1)
-			u, err := b.direct.User(t.Context(), 1)
-			if !tc.created {
-				require.True(t, client.IsNotFound(err), "%v", err)
-				return
-			}
-			require.NoError(t, err, "tally created the user although the client saw a failure")
+			b := setup(t, tc.opts...)
+			b.proxy.plan("POST /v1/user", tc.faults...)
+			u, err := b.client.CreateUser(t.Context(), "petya")
+			require.NoError(t, err)
 			require.Equal(t, "petya", u.Name)
+
+			seen := b.proxy.requests("POST /v1/user")
+			require.Len(t, seen, len(tc.faults)+1)
+			for _, r := range seen {
+				require.NotEmpty(t, r.key)
+				require.Equal(t, seen[0].key, r.key, "every attempt carries the key chosen before the first")
+			}
+			again, err := b.client.CreateUser(t.Context(), "petya")
+			require.NoError(t, err)
+			require.Equal(t, u.ID+1, again.ID, "the retries created no other user; a new call creates one")
+			require.NotEqual(t, seen[0].key, b.proxy.requests("POST /v1/user")[len(seen)].key, "a new call, a new key")
 		})
 	}
 }

@@ -67,14 +67,29 @@ type historyJSON struct {
 
 // renderTransaction is the answer stored with a transaction and replayed to every retry:
 // 200 with the transaction when applied, the refusal's problem when refused.
-func renderTransaction(t ledger.Transaction) (int, []byte) {
+func renderTransaction(t ledger.Transaction) ledger.Reply {
 	tj := newTransactionJSON(t)
 	if t.Status == ledger.Applied {
-		return http.StatusOK, mustJSON(tj)
+		return ledger.Reply{Status: http.StatusOK, Body: mustJSON(tj)}
 	}
 	status, p := newProblem(t.Reason, ledger.RefusalDetail(t), "")
 	p.Transaction = &tj
-	return status, mustJSON(p)
+	return ledger.Reply{Status: status, Body: mustJSON(p)}
+}
+
+// renderUser is the answer stored with a user created under an idempotency key and replayed
+// to every retry of the key.
+func renderUser(u ledger.User) ledger.Reply {
+	return ledger.Reply{Status: http.StatusCreated, Body: mustJSON(newUserJSON(u))}
+}
+
+// writeReply sends a rendered answer; an error status carries a problem.
+func writeReply(w http.ResponseWriter, reply ledger.Reply) {
+	contentType := "application/json"
+	if reply.Status >= 400 {
+		contentType = "application/problem+json"
+	}
+	writeBody(w, reply.Status, contentType, reply.Body)
 }
 
 func mustJSON(v any) []byte {
@@ -307,4 +322,4 @@ func plainDigits(s string) bool {
 
 // RenderTransaction is the answer stored with each transaction, for writers outside the HTTP
 // API (the demo loader) whose uids clients may later replay.
-func RenderTransaction(t ledger.Transaction) (int, []byte) { return renderTransaction(t) }
+func RenderTransaction(t ledger.Transaction) ledger.Reply { return renderTransaction(t) }

@@ -18,9 +18,10 @@ import (
 // Store is what the API needs from the database.
 type Store interface {
 	CreateUser(ctx context.Context, name string) (ledger.User, error)
+	CreateUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (ledger.UserOutcome, error)
 	User(ctx context.Context, id int64) (ledger.User, error)
 	UserAt(ctx context.Context, id int64, at time.Time) (ledger.User, error)
-	Apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error)
+	Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error)
 	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
@@ -39,14 +40,56 @@ func handleCreateUser(store Store, log *slog.Logger) http.Handler {
 			writeError(w, r, log, err)
 			return
 		}
-		u, err := store.CreateUser(r.Context(), name)
+		key, err := parseIdempotencyKey(r.Header)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		w.Header().Set("Location", fmt.Sprintf("/v1/user/%d", u.ID))
-		encode(w, http.StatusCreated, newUserJSON(u))
+		var out ledger.UserOutcome
+		if key == "" {
+			out.User, err = store.CreateUser(r.Context(), name)
+			out.Reply = renderUser(out.User)
+		} else {
+			out, err = store.CreateUserOnce(r.Context(), key, name, renderUser)
+		}
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", fmt.Sprintf("/v1/user/%d", out.User.ID))
+		if out.Replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		writeReply(w, out.Reply)
 	})
+}
+
+// maxIdempotencyKeyLength bounds the Idempotency-Key of a user creation; keys are kept forever.
+const maxIdempotencyKeyLength = 255
+
+// parseIdempotencyKey reads the optional Idempotency-Key of a user creation: 1 to 255 visible
+// ASCII characters, compared exactly. "" means the header was not sent.
+func parseIdempotencyKey(h http.Header) (string, error) {
+	values, sent := h["Idempotency-Key"]
+	if !sent {
+		return "", nil
+	}
+	bad := func(detail string) (string, error) {
+		return "", ledger.Invalid("Idempotency-Key", detail)
+	}
+	if len(values) > 1 {
+		return bad("send one Idempotency-Key header, not several")
+	}
+	key := values[0]
+	if key == "" || len(key) > maxIdempotencyKeyLength {
+		return bad(fmt.Sprintf("Idempotency-Key must have 1 to %d characters; a UUID is a good choice", maxIdempotencyKeyLength))
+	}
+	for i := range len(key) {
+		if key[i] < '!' || key[i] > '~' {
+			return bad("Idempotency-Key must be visible ASCII characters only (no spaces); a UUID is a good choice")
+		}
+	}
+	return key, nil
 }
 
 // userAt reads the path's user, with the balance at ?date= when it is given.
@@ -152,11 +195,7 @@ func handleCreateTransaction(store Store, log *slog.Logger, m *Metrics) http.Han
 		if out.Replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}
-		contentType := "application/json"
-		if out.Status >= 400 {
-			contentType = "application/problem+json"
-		}
-		writeBody(w, out.Status, contentType, out.Body)
+		writeReply(w, out.Reply)
 	})
 }
 

@@ -270,6 +270,16 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("/v1/user/%d", bob), header.Get("Location"))
 	_, body = s.expect(t, http.StatusCreated, exchange{method: "POST", target: "/v1/user", contentType: jsonType, body: `{"name": "Rich"}`})
 	rich := decodeJSON[openAPIRecord](t, body).ID
+	keyed := exchange{method: "POST", target: "/v1/user", contentType: jsonType, body: `{"name": "Carol"}`,
+		header: map[string]string{"Idempotency-Key": uuid.NewString()}}
+	_, first := s.expect(t, http.StatusCreated, keyed)
+	header, replay := s.expect(t, http.StatusCreated, keyed)
+	require.Equal(t, "true", header.Get("Idempotent-Replayed"))
+	require.Equal(t, string(first), string(replay), "a replay is the first answer, byte for byte")
+	keyed.body = `{"name": "Dave"}`
+	s.expect(t, http.StatusUnprocessableEntity, keyed) // idempotency conflict
+	keyed.header, keyed.offSpec = map[string]string{"Idempotency-Key": "two words"}, true
+	s.expect(t, http.StatusUnprocessableEntity, keyed)
 	userPath := func(id int64, rest string) string { return fmt.Sprintf("/v1/user/%d%s", id, rest) }
 
 	for _, ex := range []exchange{
@@ -290,9 +300,9 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	// Transactions: each form of amount and timestamp, JSON and form bodies, POST and PUT.
 	deposit := uuid.NewString()
 	depositBody := jsonBody(map[string]any{"uid": deposit, "user_id": alice, "type": "DEPOSIT", "amount": 100, "timestamp": "2022-05-01T00:00:00Z"})
-	_, first := s.expect(t, http.StatusOK, exchange{method: "POST", target: "/v1/transaction", contentType: jsonType, body: depositBody})
+	_, first = s.expect(t, http.StatusOK, exchange{method: "POST", target: "/v1/transaction", contentType: jsonType, body: depositBody})
 	require.Equal(t, "100.00", decodeJSON[openAPIRecord](t, first).Amount)
-	header, replay := s.expect(t, http.StatusOK, exchange{method: "POST", target: "/v1/transaction", contentType: jsonType, body: depositBody})
+	header, replay = s.expect(t, http.StatusOK, exchange{method: "POST", target: "/v1/transaction", contentType: jsonType, body: depositBody})
 	require.Equal(t, "true", header.Get("Idempotent-Replayed"))
 	require.Equal(t, string(first), string(replay), "a replay is the first answer, byte for byte")
 	s.expect(t, http.StatusOK, exchange{method: "PUT", target: "/v1/transaction", contentType: formType,

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 )
@@ -23,7 +24,7 @@ func routes(store Store, log *slog.Logger, health *Health, m *Metrics) []route {
 		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
 		{"GET", "/v1/events", handleEvents(store, log)},
 		{"GET", "/healthz", handleHealthz()},
-		{"GET", "/readyz", handleReadyz(store, health, log)},
+		{"GET", "/readyz", ReadyHandler(health, log, func(ctx context.Context) error { return store.Ready(ctx) })},
 		{"GET", "/api/openapi.json", handleOpenAPI()},
 		{"GET", "/api/docs", handleDocs()},
 		{"GET", "/api/docs/{file}", handleDocs()},

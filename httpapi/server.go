@@ -88,17 +88,18 @@ func handleHealthz() http.Handler {
 	})
 }
 
-// handleReadyz is ready when the database answers with this binary's schema and the server
-// is not shutting down.
-func handleReadyz(store Store, health *Health, log *slog.Logger) http.Handler {
+// ReadyHandler answers /readyz: 200 while the server is not shutting down and check (the
+// database answers, with this binary's schema for the API) passes within 2 seconds, 503
+// otherwise. The API and the admin port mount the same handler, so probes on either agree.
+func ReadyHandler(health *Health, log *slog.Logger, check func(context.Context) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if health.shuttingDown.Load() {
+		if health.ShuttingDown() {
 			encode(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting down"})
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := store.Ready(ctx); err != nil {
+		if err := check(ctx); err != nil {
 			log.WarnContext(r.Context(), "not ready", "error", err)
 			encode(w, http.StatusServiceUnavailable, map[string]string{"status": "database not ready"})
 			return

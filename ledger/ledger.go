@@ -1,5 +1,6 @@
 // Package ledger is tally's domain: money, users, transactions and the rule that decides
-// each transaction. It knows nothing of HTTP or SQL.
+// each transaction. It knows nothing of HTTP or SQL: the answer kept for a request's retries
+// is a Reply, rendered by the API and carried here unread.
 package ledger
 
 import (
@@ -39,6 +40,13 @@ type User struct {
 	Name      string
 	Balance   Amount
 	CreatedAt time.Time
+}
+
+// UserOutcome is the answer to a request to create a user under an idempotency key.
+type UserOutcome struct {
+	User     User // on a replay, only ID and Name are set
+	Reply    Reply
+	Replayed bool // the key was seen before: Reply is the first answer again
 }
 
 // Request is a transaction as a client sent it, validated.
@@ -252,16 +260,18 @@ func Clip(s string) string {
 	return b.String()
 }
 
-// Render turns a decided transaction into the HTTP answer that is stored with it and
-// returned, byte for byte, to every retry of its uid.
-type Render func(Transaction) (status int, body []byte)
+// Reply is an answer as the API rendered it. It is stored with the request it answers and
+// repeated, byte for byte, to every retry; the domain and the store keep it without reading it.
+type Reply struct {
+	Status int
+	Body   []byte
+}
 
 // Outcome is the answer to a transaction request.
 type Outcome struct {
 	Tx       Transaction
-	Status   int
-	Body     []byte
-	Replayed bool // the uid was seen before: this is the first answer again
+	Reply    Reply
+	Replayed bool // the uid was seen before: Reply is the first answer again
 	// RowsMoved counts the later transactions whose balance_after a back-dated transaction
 	// moved; zero for appends.
 	RowsMoved int64

@@ -131,8 +131,8 @@ func BenchmarkBackdated(b *testing.B) {
 			var moved int64
 			for b.Loop() {
 				out, err := db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 1, Timestamp: &at}, render)
-				if err != nil || out.Status != 200 {
-					b.Fatalf("status %d, %v", out.Status, err)
+				if err != nil || out.Reply.Status != 200 {
+					b.Fatalf("status %d, %v", out.Reply.Status, err)
 				}
 				moved = out.RowsMoved
 			}

@@ -16,22 +16,71 @@ import (
 // CreateUser stores a new user with a zero balance, and its user.created event.
 func (db *DB) CreateUser(ctx context.Context, name string) (u ledger.User, err error) {
 	defer func() { err = dbErr(err) }()
-	u = ledger.User{Name: name}
 	err = db.withTx(ctx, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx,
-			"INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at", name,
-		).Scan(&u.ID, &u.CreatedAt)
-		if err != nil {
-			return err
-		}
-		u.CreatedAt = u.CreatedAt.UTC()
-		ids, seqs, types, bodies := db.outboxColumns([]ledger.Event{ledger.UserCreatedEvent(u)})
-		_, err = tx.Exec(ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event)
-			SELECT e.id, $1, e.seq, e.type, e.body::json
-			FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[]) AS e(id, seq, type, body)`,
-			u.ID, ids, seqs, types, bodies)
+		u, err = db.insertUser(ctx, tx, name)
 		return err
 	})
+	return u, err
+}
+
+// CreateUserOnce creates a user for a request that carries an idempotency key, and stores
+// the rendered answer under the key in the same transaction. A key seen before gets its first
+// answer back, or an idempotency conflict if the name differs. Racing requests with one key
+// are settled by the key's primary key: the loser's transaction fails with a unique violation
+// and is rolled back, user included, and its next attempt reads the winner's answer.
+func (db *DB) CreateUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (out ledger.UserOutcome, err error) {
+	defer func() { err = dbErr(err) }()
+	for attempt := 1; ; attempt++ {
+		out, err = db.createUserOnce(ctx, key, name, render)
+		if isUniqueViolation(err) && attempt < maxAttempts {
+			continue
+		}
+		return out, err
+	}
+}
+
+func (db *DB) createUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (out ledger.UserOutcome, err error) {
+	err = db.withTx(ctx, func(tx pgx.Tx) error {
+		var storedName string
+		err := tx.QueryRow(ctx, "SELECT name, user_id, response_status, response_body FROM user_requests WHERE key = $1", key).
+			Scan(&storedName, &out.User.ID, &out.Reply.Status, &out.Reply.Body)
+		switch {
+		case err == nil:
+			if storedName != name {
+				return &ledger.Error{Code: ledger.CodeIdempotencyConflict, Field: "Idempotency-Key",
+					Detail: "this Idempotency-Key was already used to create a user with another name; choose a new key for a new user"}
+			}
+			out.User.Name, out.Replayed = storedName, true
+			return nil
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		if out.User, err = db.insertUser(ctx, tx, name); err != nil {
+			return err
+		}
+		out.Reply = render(out.User)
+		_, err = tx.Exec(ctx, `INSERT INTO user_requests (key, name, user_id, response_status, response_body)
+			VALUES ($1, $2, $3, $4, $5)`, key, name, out.User.ID, out.Reply.Status, out.Reply.Body)
+		return err
+	})
+	return out, err
+}
+
+// insertUser stores a user with a zero balance and its user.created event, inside tx.
+func (db *DB) insertUser(ctx context.Context, tx pgx.Tx, name string) (ledger.User, error) {
+	u := ledger.User{Name: name}
+	err := tx.QueryRow(ctx,
+		"INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at", name,
+	).Scan(&u.ID, &u.CreatedAt)
+	if err != nil {
+		return u, err
+	}
+	u.CreatedAt = u.CreatedAt.UTC()
+	ids, seqs, types, bodies := db.outboxColumns([]ledger.Event{ledger.UserCreatedEvent(u)})
+	_, err = tx.Exec(ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event)
+		SELECT e.id, $1, e.seq, e.type, e.body::json
+		FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[]) AS e(id, seq, type, body)`,
+		u.ID, ids, seqs, types, bodies)
 	return u, err
 }
 
@@ -92,7 +141,7 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 // state the rule needs, decides with ledger.Decide, and stores the row, its answer and the new
 // balance in one database transaction. A uid seen before gets its first answer back, or an
 // idempotency conflict if the body differs.
-func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Render) (_ ledger.Outcome, err error) {
+func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (_ ledger.Outcome, err error) {
 	defer func() { err = dbErr(err) }()
 	for attempt := 1; ; attempt++ {
 		out, err := db.apply(ctx, req, render)
@@ -113,7 +162,7 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render ledger.Rende
 
 // apply is one attempt. Its transaction costs two round trips: BEGIN travels with the first
 // batch and COMMIT with the last.
-func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Render) (ledger.Outcome, error) {
+func (db *DB) apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error) {
 	var out ledger.Outcome
 	err := db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
 		// Lock the user, then look the uid up. Read committed gives the second statement a
@@ -137,7 +186,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		batch.Queue("SELECT "+txColumns+", response_status, response_body FROM transactions WHERE uid = $1", req.UID).
 			QueryRow(func(row pgx.Row) error {
 				var o ledger.Outcome
-				t, err := scanTransaction(row, &o.Status, &o.Body)
+				t, err := scanTransaction(row, &o.Reply.Status, &o.Reply.Body)
 				if errors.Is(err, pgx.ErrNoRows) {
 					return nil
 				}
@@ -178,7 +227,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 		d := ledger.Decide(req, state)
 		out.Tx = d.Tx
 		out.BackDated = state.BackDated(at)
-		out.Status, out.Body = render(d.Tx)
+		out.Reply = render(d.Tx)
 		t := d.Tx
 		var reason *string
 		if t.Reason != "" {
@@ -217,7 +266,7 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render ledger.Rende
 				FROM unnest($14::uuid[], $15::bigint[], $16::text[], $17::text[]) AS e(id, seq, type, body))
 			UPDATE users SET balance = $18, last_seq = $3, last_ts = $19, event_seq = $20 WHERE id = $2`,
 			t.UID, t.UserID, t.Seq, t.Type, t.Amount, t.Timestamp, t.TimestampGiven, t.Status,
-			reason, t.BalanceAfter, out.Status, out.Body, t.CreatedAt,
+			reason, t.BalanceAfter, out.Reply.Status, out.Reply.Body, t.CreatedAt,
 			ids, seqs, types, bodies,
 			d.NewBalance, lastTSArg, eventSeq+int64(len(events)))
 		return tx.commit(ctx, batch)

@@ -21,12 +21,12 @@ import (
 )
 
 // render stores the transaction's status and balance so tests can see what was answered.
-func render(t ledger.Transaction) (int, []byte) {
+func render(t ledger.Transaction) ledger.Reply {
 	b, _ := json.Marshal(map[string]any{"status": t.Status, "balance_after": t.BalanceAfter, "reason": t.Reason})
 	if t.Status == ledger.Applied {
-		return 200, b
+		return ledger.Reply{Status: 200, Body: b}
 	}
-	return 402, b
+	return ledger.Reply{Status: 402, Body: b}
 }
 
 func at(s string) *time.Time {
@@ -103,12 +103,12 @@ func TestAssignmentScenario(t *testing.T) {
 	f := setup(t)
 	u := f.user(t)
 	require.Equal(t, ledger.Amount(0), f.balance(t, u))
-	require.Equal(t, 200, f.apply(t, u, ledger.Deposit, 10000, at("2023-01-04T00:00:00")).Status)
-	require.Equal(t, 200, f.apply(t, u, ledger.Withdraw, 5000, at("2023-01-05T00:00:00")).Status)
+	require.Equal(t, 200, f.apply(t, u, ledger.Deposit, 10000, at("2023-01-04T00:00:00")).Reply.Status)
+	require.Equal(t, 200, f.apply(t, u, ledger.Withdraw, 5000, at("2023-01-05T00:00:00")).Reply.Status)
 	refused := f.apply(t, u, ledger.Withdraw, 6000, nil)
-	require.Equal(t, 402, refused.Status)
+	require.Equal(t, 402, refused.Reply.Status)
 	require.Equal(t, ledger.Rejected, refused.Tx.Status)
-	require.Equal(t, 200, f.apply(t, u, ledger.Withdraw, 1000, at("2023-02-05T00:00:00")).Status)
+	require.Equal(t, 200, f.apply(t, u, ledger.Withdraw, 1000, at("2023-02-05T00:00:00")).Reply.Status)
 	require.Equal(t, ledger.Amount(4000), f.balance(t, u))
 	require.Equal(t, ledger.Amount(5000), f.balanceAt(t, u, "2023-01-30T00:00:00"))
 	f.checkTimeline(t, u)
@@ -148,8 +148,8 @@ func TestReplayReturnsFirstAnswer(t *testing.T) {
 	again, err := f.db.Apply(f.ctx, req, render)
 	require.NoError(t, err)
 	require.True(t, again.Replayed)
-	require.Equal(t, first.Status, again.Status)
-	require.Equal(t, first.Body, again.Body)
+	require.Equal(t, first.Reply.Status, again.Reply.Status)
+	require.Equal(t, first.Reply.Body, again.Reply.Body)
 	stored, err := f.db.Transaction(f.ctx, req.UID)
 	require.NoError(t, err)
 	require.Equal(t, ledger.Amount(10500), *stored.BalanceAfter)
@@ -165,7 +165,7 @@ func TestReplayOfOmittedTimestamp(t *testing.T) {
 	again, err := f.db.Apply(f.ctx, req, render)
 	require.NoError(t, err)
 	require.True(t, again.Replayed)
-	require.Equal(t, first.Body, again.Body)
+	require.Equal(t, first.Reply.Body, again.Reply.Body)
 	// The same uid with the stored timestamp spelled out is a different body.
 	ts := first.Tx.Timestamp
 	req.Timestamp = &ts
@@ -179,13 +179,13 @@ func TestRefusalStaysRefused(t *testing.T) {
 	req := ledger.Request{UID: uuid.New(), UserID: u, Type: ledger.Withdraw, Amount: 5000}
 	first, err := f.db.Apply(f.ctx, req, render)
 	require.NoError(t, err)
-	require.Equal(t, 402, first.Status)
+	require.Equal(t, 402, first.Reply.Status)
 	f.apply(t, u, ledger.Deposit, 10000, nil)
 	again, err := f.db.Apply(f.ctx, req, render)
 	require.NoError(t, err)
 	require.True(t, again.Replayed)
-	require.Equal(t, 402, again.Status)
-	require.Equal(t, first.Body, again.Body)
+	require.Equal(t, 402, again.Reply.Status)
+	require.Equal(t, first.Reply.Body, again.Reply.Body)
 	require.Equal(t, ledger.Amount(10000), f.balance(t, u))
 }
 
@@ -223,7 +223,7 @@ func TestUnknownUserIsNotRecorded(t *testing.T) {
 	req.UserID = f.user(t)
 	out, err := f.db.Apply(f.ctx, req, render)
 	require.NoError(t, err)
-	require.Equal(t, 200, out.Status)
+	require.Equal(t, 200, out.Reply.Status)
 }
 
 func TestBackDating(t *testing.T) {
@@ -237,18 +237,18 @@ func TestBackDating(t *testing.T) {
 	require.Equal(t, ledger.Amount(11000), f.balanceAt(t, u, "2023-01-15"))
 	// A back-dated withdrawal affordable at its instant but not later is refused.
 	refused := f.apply(t, u, ledger.Withdraw, 5000, at("2023-01-15"))
-	require.Equal(t, 402, refused.Status)
+	require.Equal(t, 402, refused.Reply.Status)
 	require.Equal(t, ledger.CodeInsufficientFunds, refused.Tx.Reason)
 	require.Equal(t, ledger.Amount(3000), f.balance(t, u))
 	require.Equal(t, ledger.Amount(11000), f.balanceAt(t, u, "2023-01-15"))
 	// One that leaves every later instant at or above zero is applied.
 	ok := f.apply(t, u, ledger.Withdraw, 3000, at("2023-01-15"))
-	require.Equal(t, 200, ok.Status)
+	require.Equal(t, 200, ok.Reply.Status)
 	require.Equal(t, ledger.Amount(8000), *ok.Tx.BalanceAfter)
 	require.Equal(t, ledger.Amount(0), f.balance(t, u))
 	require.Equal(t, ledger.Amount(0), f.balanceAt(t, u, "2023-01-20"))
 	// Before the first transaction nothing can be withdrawn.
-	require.Equal(t, 402, f.apply(t, u, ledger.Withdraw, 1, at("2022-12-31")).Status)
+	require.Equal(t, 402, f.apply(t, u, ledger.Withdraw, 1, at("2022-12-31")).Reply.Status)
 	f.checkTimeline(t, u)
 }
 
@@ -260,7 +260,7 @@ func TestEqualTimestampsApplyInAcceptanceOrder(t *testing.T) {
 	f.apply(t, u, ledger.Withdraw, 1000, ts)
 	// At the same instant the balance is zero now: a third withdrawal at that instant is refused
 	// even though a later deposit at an equal timestamp comes after it.
-	require.Equal(t, 402, f.apply(t, u, ledger.Withdraw, 1, ts).Status)
+	require.Equal(t, 402, f.apply(t, u, ledger.Withdraw, 1, ts).Reply.Status)
 	f.apply(t, u, ledger.Deposit, 700, ts)
 	txs := f.checkTimeline(t, u)
 	require.Len(t, txs, 3)
@@ -352,7 +352,7 @@ func TestConcurrentWithdrawals(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			statuses <- out.Status
+			statuses <- out.Reply.Status
 		}()
 	}
 	wg.Wait()
@@ -402,10 +402,10 @@ func TestConcurrentDuplicates(t *testing.T) {
 			t.Fatal(r.err)
 		case r.out.Replayed:
 			replayed++
-			bodies[string(r.out.Body)] = true
+			bodies[string(r.out.Reply.Body)] = true
 		default:
 			applied++
-			bodies[string(r.out.Body)] = true
+			bodies[string(r.out.Reply.Body)] = true
 		}
 	}
 	winner := f.balance(t, u) == 10000
@@ -455,7 +455,7 @@ func TestRandomizedWorkloadMatchesModel(t *testing.T) {
 				}
 				if rng.Intn(4) == 0 { // a retry must change nothing
 					again, err := f.db.Apply(f.ctx, req, render)
-					if err != nil || !again.Replayed || string(again.Body) != string(out.Body) {
+					if err != nil || !again.Replayed || string(again.Reply.Body) != string(out.Reply.Body) {
 						t.Errorf("retry of %s: %v replayed=%v", req.UID, err, again.Replayed)
 					}
 				}
@@ -476,7 +476,7 @@ func TestRandomizedWorkloadMatchesModel(t *testing.T) {
 			if a.req.UserID != u {
 				continue
 			}
-			require.Equal(t, a.out.Status == 200, applied[a.req.UID], "uid %s acknowledged with %d", a.req.UID, a.out.Status)
+			require.Equal(t, a.out.Reply.Status == 200, applied[a.req.UID], "uid %s acknowledged with %d", a.req.UID, a.out.Reply.Status)
 		}
 	}
 }

@@ -43,10 +43,10 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// startAdmin serves /metrics, /healthz, /readyz and /debug/pprof/ on the admin port, apart from the API, so
-// that probes and scrapes stay open when the API requires tokens. It returns the bound
-// address and a function that stops it.
-func startAdmin(ctx context.Context, port string, log *slog.Logger, reg *prometheus.Registry, ready func(context.Context) error) (string, func(), error) {
+// startAdmin serves /metrics, /healthz, /readyz (the ready handler) and /debug/pprof/ on the
+// admin port, apart from the API, so that probes and scrapes stay open when the API requires
+// tokens. It returns the bound address and a function that stops it.
+func startAdmin(ctx context.Context, port string, log *slog.Logger, reg *prometheus.Registry, ready http.Handler) (string, func(), error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 	// Profiles for diagnosis; the admin port is not exposed outside the cluster.
@@ -56,15 +56,7 @@ func startAdmin(ctx context.Context, port string, log *slog.Logger, reg *prometh
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n")) //nolint:errcheck // the prober may be gone
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := ready(rctx); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ready\n")) //nolint:errcheck // the prober may be gone
-	})
+	mux.Handle("GET /readyz", ready)
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", ":"+port)
 	if err != nil {
 		return "", nil, err

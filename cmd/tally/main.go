@@ -225,12 +225,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	if len(cfg.tokens) > 0 {
 		opts = append(opts, httpapi.WithTokens(cfg.tokens))
 	}
-	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, func(ctx context.Context) error {
-		if health.ShuttingDown() {
-			return errors.New("shutting down")
-		}
-		return db.Ready(ctx)
-	})
+	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, httpapi.ReadyHandler(health, log, db.Ready))
 	if err != nil {
 		return err
 	}
@@ -300,9 +295,10 @@ func runRelay(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer nc.Close()
 	reg := newRegistry()
 	reg.MustRegister(db.PoolCollector(), r.Collector())
-	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, func(ctx context.Context) error {
+	// The relay serves no API, so it is ready while it reaches the database.
+	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, httpapi.ReadyHandler(&httpapi.Health{}, log, func(ctx context.Context) error {
 		return db.Pool().Ping(ctx)
-	})
+	}))
 	if err != nil {
 		return err
 	}

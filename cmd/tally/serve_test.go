@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,8 +24,11 @@ func TestGracefulShutdown(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	port, err := freePort(ctx)
+	require.NoError(t, err)
+	adminPort := strconv.Itoa(port)
 	cfg, err := loadConfig(func(k string) string {
-		return map[string]string{"DATABASE_URL": url, "PORT": "0", "ADMIN_PORT": "0", "SHUTDOWN_DELAY": "700ms"}[k]
+		return map[string]string{"DATABASE_URL": url, "PORT": "0", "ADMIN_PORT": adminPort, "SHUTDOWN_DELAY": "700ms"}[k]
 	})
 	require.NoError(t, err)
 	listening := make(chan string, 1)
@@ -37,7 +41,8 @@ func TestGracefulShutdown(t *testing.T) {
 	case err := <-done:
 		t.Fatal(err)
 	}
-	require.Equal(t, http.StatusOK, get(t, base+"/readyz"))
+	admin := "http://127.0.0.1:" + adminPort
+	requireReady(t, http.StatusOK, `{"status":"ready"}`, base, admin)
 	resp, err := http.Post(base+"/v1/user", "application/json", strings.NewReader(`{"name":"vasya"}`))
 	require.NoError(t, err)
 	resp.Body.Close()
@@ -66,6 +71,7 @@ func TestGracefulShutdown(t *testing.T) {
 	cancel()
 	require.Eventually(t, func() bool { return get(t, base+"/readyz") == http.StatusServiceUnavailable },
 		500*time.Millisecond, 20*time.Millisecond, "readiness fails as soon as shutdown begins")
+	requireReady(t, http.StatusServiceUnavailable, `{"status":"shutting down"}`, base, admin)
 	select {
 	case err := <-done:
 		t.Fatalf("serve returned while a request was in flight: %v", err)
@@ -74,6 +80,20 @@ func TestGracefulShutdown(t *testing.T) {
 	require.NoError(t, tx.Rollback(context.Background()))
 	require.Equal(t, http.StatusOK, <-inFlight)
 	require.NoError(t, <-done)
+}
+
+// requireReady checks that /readyz answers the same on the API and the admin port.
+func requireReady(t *testing.T, status int, body string, bases ...string) {
+	t.Helper()
+	for _, base := range bases {
+		resp, err := http.Get(base + "/readyz")
+		require.NoError(t, err)
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, status, resp.StatusCode, base)
+		require.JSONEq(t, body, string(got), base)
+	}
 }
 
 func get(t *testing.T, url string) int {
