@@ -177,12 +177,12 @@ END $$;
 		fmt.Fprintf(&b, "\n-- %s: %d transactions\n", r.user.Name, len(r.rows))
 		b.WriteString("INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status, reason,\n" +
 			"    balance_after, response_status, response_body, created_at) VALUES\n")
+		// demoRecords keeps only applied rows: no reason, and always a balance_after.
 		for i, row := range r.rows {
 			t := row.tx
-			fmt.Fprintf(&b, "    ('%s', %d, %d, '%s', %d, %s, %t, '%s', %s, %s, %d, convert_to(%s, 'UTF8'), %s)%s\n",
+			fmt.Fprintf(&b, "    ('%s', %d, %d, '%s', %d, %s, %t, '%s', NULL, %d, %d, convert_to(%s, 'UTF8'), %s)%s\n",
 				t.UID, t.UserID, t.Seq, t.Type, t.Amount, sqlTime(t.Timestamp), t.TimestampGiven, t.Status,
-				sqlNullText(string(t.Reason)), sqlNullAmount(t.BalanceAfter), row.status, sqlText(string(row.body)),
-				sqlTime(t.CreatedAt), separator(i, len(r.rows)))
+				*t.BalanceAfter, row.status, sqlText(string(row.body)), sqlTime(t.CreatedAt), separator(i, len(r.rows)))
 		}
 	}
 	for _, r := range records {
@@ -232,23 +232,9 @@ func sqlText(s string) string {
 	return b.String()
 }
 
-func sqlNullText(s string) string {
-	if s == "" {
-		return "NULL"
-	}
-	return sqlText(s)
-}
-
 func sqlTime(t time.Time) string {
 	if t.IsZero() {
 		return "NULL"
 	}
 	return sqlText(ledger.FormatTime(t))
-}
-
-func sqlNullAmount(a *ledger.Amount) string {
-	if a == nil {
-		return "NULL"
-	}
-	return fmt.Sprint(int64(*a))
 }
