@@ -180,7 +180,14 @@ func openTestDB(t *testing.T, databaseURL string) *postgres.DB {
 	return db
 }
 
-func (f demoFixture) call(t *testing.T, method, path string, body []byte) (*http.Response, []byte) {
+// apiReply is an answer of the API, read in full.
+type apiReply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (f demoFixture) call(t *testing.T, method, path string, body []byte) apiReply {
 	t.Helper()
 	req, err := http.NewRequestWithContext(context.Background(), method, f.api+path, bytes.NewReader(body))
 	require.NoError(t, err)
@@ -190,7 +197,7 @@ func (f demoFixture) call(t *testing.T, method, path string, body []byte) (*http
 	defer resp.Body.Close()
 	got, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return resp, got
+	return apiReply{status: resp.StatusCode, header: resp.Header, body: got}
 }
 
 // TestDemoSQLEqualsTheWritePath holds demo.sql to what `tally demo` stores through the write
@@ -225,12 +232,12 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 				require.Equal(t, want.Balance, got.Balance, "user %d at %s", id, ledger.FormatTime(at))
 			}
 		}
-		resp, body := f.call(t, http.MethodGet, "/v1/user/1/balance?date="+url.QueryEscape("5.05.2022 00:00"), nil)
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
-		require.JSONEq(t, `{"user_id":1,"balance":"2904.13","as_of":"2022-05-05T00:00:00Z"}`, string(body))
-		resp, body = f.call(t, http.MethodGet, "/v1/user/1/balance", nil)
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
-		require.JSONEq(t, fmt.Sprintf(`{"user_id":1,"balance":"%s"}`, vasyaBalanceNow), string(body))
+		then := f.call(t, http.MethodGet, "/v1/user/1/balance?date="+url.QueryEscape("5.05.2022 00:00"), nil)
+		require.Equal(t, http.StatusOK, then.status, "%s", then.body)
+		require.JSONEq(t, `{"user_id":1,"balance":"2904.13","as_of":"2022-05-05T00:00:00Z"}`, string(then.body))
+		now := f.call(t, http.MethodGet, "/v1/user/1/balance", nil)
+		require.Equal(t, http.StatusOK, now.status, "%s", now.body)
+		require.JSONEq(t, fmt.Sprintf(`{"user_id":1,"balance":"%s"}`, vasyaBalanceNow), string(now.body))
 	})
 
 	t.Run("every transaction row equal apart from created_at", func(t *testing.T) {
@@ -280,10 +287,10 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 			t.Run(r.UID.String(), func(t *testing.T) {
 				body := fmt.Appendf(nil, `{"uid":%q,"user_id":%d,"type":%q,"amount":%q,"timestamp":%q}`,
 					r.UID, r.UserID, r.Type, ledger.Amount(r.Amount), ledger.FormatTime(r.TS))
-				resp, got := f.call(t, http.MethodPost, "/v1/transaction", body)
-				require.Equal(t, r.ResponseStatus, resp.StatusCode)
-				require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
-				require.Equal(t, string(r.ResponseBody), string(got))
+				replay := f.call(t, http.MethodPost, "/v1/transaction", body)
+				require.Equal(t, r.ResponseStatus, replay.status)
+				require.Equal(t, "true", replay.header.Get("Idempotent-Replayed"))
+				require.Equal(t, string(r.ResponseBody), string(replay.body))
 			})
 		}
 	})
@@ -293,13 +300,13 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 		var served []json.RawMessage
 		after := ""
 		read := func(wait int) int {
-			resp, body := f.call(t, http.MethodGet, fmt.Sprintf("/v1/events?limit=100&wait=%d&after=%s", wait, after), nil)
-			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			reply := f.call(t, http.MethodGet, fmt.Sprintf("/v1/events?limit=100&wait=%d&after=%s", wait, after), nil)
+			require.Equal(t, http.StatusOK, reply.status, "%s", reply.body)
 			var page struct {
 				Events []json.RawMessage `json:"events"`
 				Next   string            `json:"next"`
 			}
-			require.NoError(t, json.Unmarshal(body, &page))
+			require.NoError(t, json.Unmarshal(reply.body, &page))
 			served, after = append(served, page.Events...), page.Next
 			return len(page.Events)
 		}
