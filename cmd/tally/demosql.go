@@ -185,12 +185,15 @@ END $$;
 				*t.BalanceAfter, row.status, sqlText(string(row.body)), sqlTime(t.CreatedAt), separator(i, len(r.rows)))
 		}
 	}
+	// An outbox row's created_at is when it was written, as with every writer: the relay
+	// prunes by it and the backlog age is measured from it, so an event dated 2022 must not
+	// look four years overdue. The event's own time is in its body.
 	for _, r := range records {
 		fmt.Fprintf(&b, "\n-- %s: %d events\n", r.user.Name, len(r.events))
-		b.WriteString("INSERT INTO outbox (id, user_id, user_seq, type, event, created_at) VALUES\n")
+		b.WriteString("INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES\n")
 		for i, e := range r.events {
-			fmt.Fprintf(&b, "    ('%s', %d, %d, '%s', %s, %s)%s\n", e.ID, e.UserID, e.Seq, e.Type,
-				sqlText(string(e.CloudEvent(postgres.DefaultEventSource))), sqlTime(e.Time), separator(i, len(r.events)))
+			fmt.Fprintf(&b, "    ('%s', %d, %d, '%s', %s)%s\n", e.ID, e.UserID, e.Seq, e.Type,
+				sqlText(string(e.CloudEvent(postgres.DefaultEventSource))), separator(i, len(r.events)))
 		}
 	}
 	b.WriteString("\nCOMMIT;\n")

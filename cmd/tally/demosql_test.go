@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,11 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/bench"
@@ -24,6 +28,7 @@ import (
 	"github.com/tally-ledger/tally/internal/pgtest"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/postgres"
+	"github.com/tally-ledger/tally/relay"
 )
 
 // demoSQLFile is the committed output of `tally demo --sql`, seen from this package.
@@ -269,7 +274,13 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 			ids[s.ID] = true
 			envelope := jsonWithout(t, []byte(s.Event))
 			require.Equal(t, s.ID.String(), envelope["id"])
-			require.Equal(t, ledger.FormatTime(s.CreatedAt), envelope["time"])
+			// An event happens when its user was created or its transaction was recorded.
+			wantTime := ledger.FormatTime(demoStart)
+			if data := envelope["data"].(map[string]any); data["timestamp"] != nil {
+				wantTime = data["timestamp"].(string)
+			}
+			require.Equal(t, wantTime, envelope["time"])
+			require.WithinDuration(t, time.Now(), s.CreatedAt, time.Hour, "an outbox row is dated when it was written")
 			require.Equal(t, []any{a.UserID, a.UserSeq, a.Type}, []any{s.UserID, s.UserSeq, s.Type})
 			require.Equal(t, jsonWithout(t, []byte(a.Event), "id", "time"), jsonWithout(t, []byte(s.Event), "id", "time"))
 		}
@@ -322,6 +333,48 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 			require.Equal(t, e.Event, string(served[i]))
 			next[e.UserID]++
 			require.Equal(t, next[e.UserID], e.UserSeq, "user %d's events are numbered 1, 2, ... in stream order", e.UserID)
+		}
+	})
+
+	t.Run("the relay publishes every loaded event once, by its id", func(t *testing.T) {
+		stored := storedEvents(t, f.viaSQL)
+		natsURL := cmp.Or(os.Getenv("NATS_URL"), nats.DefaultURL)
+		nc, err := nats.Connect(natsURL)
+		require.NoError(t, err, "NATS with JetStream must run at %s", natsURL)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		stream := "DEMOSQL" + uuid.NewString()[:8]
+		t.Cleanup(func() { js.DeleteStream(context.Background(), stream) }) //nolint:errcheck // best effort
+		r, err := relay.New(f.viaSQL, nc, httpapi.NewLogger(io.Discard, 0),
+			relay.Config{Stream: stream, SubjectPrefix: strings.ToLower(stream), Poll: 20 * time.Millisecond})
+		require.NoError(t, err)
+		relayCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); r.Run(relayCtx) }() //nolint:errcheck // Run returns nil when stopped
+		defer func() { stop(); <-done }()
+
+		require.Eventually(t, func() bool {
+			s, err := js.Stream(ctx, stream)
+			if err != nil {
+				return false
+			}
+			info, err := s.Info(ctx)
+			return err == nil && info.State.Msgs >= uint64(len(stored))
+		}, 30*time.Second, 50*time.Millisecond, "the stream never held all %d events", len(stored))
+		consumer, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+		require.NoError(t, err)
+		batch, err := consumer.FetchNoWait(len(stored) + 1)
+		require.NoError(t, err)
+		var published []jetstream.Msg
+		for m := range batch.Messages() {
+			published = append(published, m)
+		}
+		require.NoError(t, batch.Error())
+		require.Len(t, published, len(stored))
+		for i, m := range published {
+			require.Equal(t, stored[i].ID.String(), m.Headers().Get("Nats-Msg-Id"))
+			require.Equal(t, stored[i].Event, string(m.Data()))
 		}
 	})
 
