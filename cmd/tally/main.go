@@ -41,7 +41,7 @@ commands:
   relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
-  demo      load the demo data (DATABASE_URL)
+  demo      load the demo data (DATABASE_URL); --sql prints it as SQL instead (sql_data/demo.sql)
   bench     load the API and report latencies; --verify audits the result (tally bench -h)
 `
 
@@ -92,10 +92,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "dev":
 		return dev(ctx, cfg, log, stderr)
 	case "demo":
-		if cfg.databaseURL == "" {
-			return errors.New("DATABASE_URL is not set")
-		}
-		return loadDemo(ctx, cfg.databaseURL, log)
+		return runDemo(ctx, cfg, args[1:], log, stdout, stderr)
 	case "bench":
 		return bench.Run(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
