@@ -56,9 +56,8 @@ type demoRecord struct {
 }
 
 type demoRow struct {
-	tx     ledger.Transaction
-	status int
-	body   []byte
+	tx    ledger.Transaction
+	reply ledger.Reply
 }
 
 // demoCreatedAt is when every demo user was created: the start of the demo year, so that
@@ -87,8 +86,7 @@ func demoRecords() ([]demoRecord, error) {
 			if d.Tx.Status != ledger.Applied {
 				return nil, fmt.Errorf("demo transaction %s of %s was refused: %s", t.uid, name, d.Tx.Reason)
 			}
-			status, body := httpapi.RenderTransaction(d.Tx)
-			r.rows = append(r.rows, demoRow{tx: d.Tx, status: status, body: body})
+			r.rows = append(r.rows, demoRow{tx: d.Tx, reply: httpapi.RenderTransaction(d.Tx)})
 			events := d.Events(r.state.Balance, r.eventSeq)
 			r.events = append(r.events, events...)
 			r.eventSeq += int64(len(events))
@@ -182,7 +180,7 @@ END $$;
 			t := row.tx
 			fmt.Fprintf(&b, "    ('%s', %d, %d, '%s', %d, %s, %t, '%s', NULL, %d, %d, convert_to(%s, 'UTF8'), %s)%s\n",
 				t.UID, t.UserID, t.Seq, t.Type, t.Amount, sqlTime(t.Timestamp), t.TimestampGiven, t.Status,
-				*t.BalanceAfter, row.status, sqlText(string(row.body)), sqlTime(t.CreatedAt), separator(i, len(r.rows)))
+				*t.BalanceAfter, row.reply.Status, sqlText(string(row.reply.Body)), sqlTime(t.CreatedAt), separator(i, len(r.rows)))
 		}
 	}
 	// An outbox row's created_at is when it was written, as with every writer: the relay

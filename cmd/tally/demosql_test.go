@@ -254,9 +254,9 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 			// The stored answer is what the API's renderer makes of the row.
 			tx, err := f.viaSQL.Transaction(ctx, s.UID)
 			require.NoError(t, err)
-			status, body := httpapi.RenderTransaction(tx)
-			require.Equal(t, status, s.ResponseStatus)
-			require.Equal(t, string(body), string(s.ResponseBody))
+			reply := httpapi.RenderTransaction(tx)
+			require.Equal(t, reply.Status, s.ResponseStatus)
+			require.Equal(t, string(reply.Body), string(s.ResponseBody))
 			require.Equal(t, jsonWithout(t, a.ResponseBody, "created_at"), jsonWithout(t, s.ResponseBody, "created_at"))
 			s.CreatedAt, a.CreatedAt, s.ResponseBody, a.ResponseBody = time.Time{}, time.Time{}, nil, nil
 			require.Equal(t, a, s)
@@ -441,7 +441,7 @@ func TestDemoSQLRefusesToLoadWhereItDoesNotFit(t *testing.T) {
 		{
 			name: "not migrated",
 			prepare: func(t *testing.T, db *postgres.DB) {
-				_, err := db.Pool().Exec(ctx, "DROP TABLE outbox, relay_cursor, transactions, users, schema_migrations")
+				_, err := db.Pool().Exec(ctx, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
 				require.NoError(t, err)
 			},
 			want: "tally's tables are missing: run tally migrate first",
