@@ -40,6 +40,16 @@ func BenchmarkCurrentBalance(b *testing.B) {
 	})
 }
 
+// benchUser opens a fresh database holding one user.
+func benchUser(b *testing.B) (*postgres.DB, ledger.User) {
+	db, _ := pgtest.NewDB(b)
+	u, err := db.CreateUser(context.Background(), "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return db, u
+}
+
 // historySizes are the history lengths compared; BENCH_LONG_HISTORY adds one of a million.
 func historySizes() []int {
 	sizes := []int{100, 1_000, 20_000}
@@ -53,13 +63,9 @@ func historySizes() []int {
 func benchmarkHistories(b *testing.B, read func(b *testing.B, db *postgres.DB, user int64, n int)) {
 	for _, n := range historySizes() {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-			db, _ := pgtest.NewDB(b)
+			db, u := benchUser(b)
 			ctx := context.Background()
-			u, err := db.CreateUser(ctx, "bench")
-			if err != nil {
-				b.Fatal(err)
-			}
-			_, err = db.Pool().Exec(ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts,
+			_, err := db.Pool().Exec(ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts,
 				timestamp_given, status, balance_after, response_status, response_body)
 				SELECT gen_random_uuid(), $1, g, 'DEPOSIT', 1, '2020-01-01'::timestamptz + g * interval '1 minute',
 				       true, 'APPLIED', g, 200, '\x'
@@ -84,16 +90,42 @@ func benchmarkHistories(b *testing.B, read func(b *testing.B, db *postgres.DB, u
 
 // BenchmarkAppend measures one deposit through the whole write path, sequentially.
 func BenchmarkAppend(b *testing.B) {
-	db, _ := pgtest.NewDB(b)
+	db, u := benchUser(b)
 	ctx := context.Background()
-	u, err := db.CreateUser(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
 	for b.Loop() {
 		if _, err := db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 100}, render); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkAppendConcurrent measures deposits from 16 goroutines at once, all to one user
+// (they queue on its lock) or each to a user of its own.
+// Run: go test ./postgres -run '^$' -bench AppendConcurrent -count 5
+func BenchmarkAppendConcurrent(b *testing.B) {
+	for _, shared := range []bool{true, false} {
+		b.Run(fmt.Sprintf("one-user=%t", shared), func(b *testing.B) {
+			db, u := benchUser(b)
+			ctx := context.Background()
+			b.SetParallelism(8) // 16 goroutines on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				user := u.ID
+				if !shared {
+					own, err := db.CreateUser(ctx, "bench")
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					user = own.ID
+				}
+				for pb.Next() {
+					if _, err := db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: user, Type: ledger.Deposit, Amount: 100}, render); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }
 
@@ -104,14 +136,10 @@ func BenchmarkBackdated(b *testing.B) {
 	for _, k := range []int{0, 10, 100, 1_000, 10_000} {
 		b.Run(fmt.Sprintf("after=%d", k), func(b *testing.B) {
 			const n = 20_000
-			db, _ := pgtest.NewDB(b)
+			db, u := benchUser(b)
 			ctx := context.Background()
-			u, err := db.CreateUser(ctx, "bench")
-			if err != nil {
-				b.Fatal(err)
-			}
 			start := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
-			_, err = db.Pool().Exec(ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts,
+			_, err := db.Pool().Exec(ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts,
 				timestamp_given, status, balance_after, response_status, response_body)
 				SELECT gen_random_uuid(), $1, g, 'DEPOSIT', 1, $2::timestamptz + g * interval '1 minute',
 				       true, 'APPLIED', g, 200, '\x'

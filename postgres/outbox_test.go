@@ -3,6 +3,9 @@ package postgres_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/postgres"
 )
 
 type cloudEvent struct {
@@ -184,4 +188,90 @@ func TestPruneKeepsUnpublishedEvents(t *testing.T) {
 	require.Equal(t, int64(1), backlog)
 	require.Positive(t, age)
 	require.Equal(t, events[1].ID, f.readEvents(t, 1)[0].ID)
+}
+
+// Property: however writes to the same users interleave, across several pools, each user's
+// events appear in the feed with sequence 1, 2, 3, ... in that order. Each seed is a random
+// workload of deposits and withdrawals, current and back-dated, many of them refused.
+func TestEachUsersEventsLeaveInSequenceOrder(t *testing.T) {
+	t.Parallel()
+	for seed := range int64(3) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			f := setup(t)
+			users := []int64{f.user(t), f.user(t), f.user(t), f.user(t)}
+			pools := []*postgres.DB{f.db}
+			for range 2 {
+				db, err := postgres.Open(f.ctx, f.url)
+				require.NoError(t, err)
+				t.Cleanup(db.Close)
+				pools = append(pools, db)
+			}
+			base := time.Now().UTC().Add(-1000 * time.Hour)
+			var wg sync.WaitGroup
+			for w := range 12 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rng := rand.New(rand.NewSource(seed*100 + int64(w)))
+					for range 25 {
+						req := randomRequest(rng, users, base)
+						if rng.Intn(3) == 0 {
+							req.Timestamp = nil // now: never back-dated
+						}
+						if _, err := pools[w%len(pools)].Apply(f.ctx, req, render); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+
+			var total int64
+			require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT sum(event_seq) FROM users").Scan(&total))
+			last := map[int64]int64{}
+			for _, e := range f.readEvents(t, int(total)) {
+				require.Equal(t, last[e.UserID]+1, e.Seq, "user %d: sequence %d after %d", e.UserID, e.Seq, last[e.UserID])
+				require.Equal(t, e.Seq, decodeEvent(t, e).Data.Sequence)
+				last[e.UserID] = e.Seq
+			}
+			for _, u := range users {
+				var eventSeq int64
+				require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT event_seq FROM users WHERE id = $1", u).Scan(&eventSeq))
+				require.Equal(t, eventSeq, last[u], "user %d: every event numbered is in the feed", u)
+			}
+		})
+	}
+}
+
+// A user's write lock is never a lease: the user whose id equals a lease's key writes while
+// that lease is held for the life of a process.
+func TestUserWritesNeverWaitOnALease(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		key  int64
+	}{
+		{name: "migration lock", key: 7_242_001},
+		{name: "relay lease", key: 7_242_002},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t)
+			_, err := f.db.Pool().Exec(f.ctx, "INSERT INTO users (id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 'lease')", tc.key)
+			require.NoError(t, err)
+			lease, err := f.db.AcquireLease(f.ctx, tc.key, time.Second)
+			require.NoError(t, err)
+			defer lease.Release()
+			ctx, cancel := context.WithTimeout(f.ctx, 5*time.Second)
+			defer cancel()
+			out, err := f.db.Apply(ctx, ledger.Request{UID: uuid.New(), UserID: tc.key, Type: ledger.Deposit, Amount: 100}, render)
+			require.NoError(t, err)
+			require.Equal(t, 200, out.Reply.Status)
+			select {
+			case <-lease.Lost():
+				t.Fatal("the lease ended before the write")
+			default:
+			}
+		})
+	}
 }

@@ -165,10 +165,15 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 func (db *DB) apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error) {
 	var out ledger.Outcome
 	err := db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
-		// Lock the user, then look the uid up. Read committed gives the second statement a
-		// fresh snapshot taken after the lock is held, so it sees a duplicate that committed
-		// while this request waited.
+		// Queue on the user's advisory lock, then lock the user's row, then look the uid up.
+		// The advisory lock comes first because taking it gives the transaction no id: the
+		// row lock does, so each write to a user gets its transaction id only once the
+		// previous one committed, and the outbox's transaction order is the user's sequence
+		// order. Read committed gives the later statements a fresh snapshot taken after the
+		// lock is held, so they see a duplicate that committed while this request waited.
 		batch := &pgx.Batch{}
+		high, low := userLockKey(req.UserID)
+		batch.Queue("SELECT pg_advisory_xact_lock($1::int4, $2::int4)", high, low)
 		var state ledger.UserState
 		var lastTime *time.Time
 		var eventSeq int64
@@ -273,6 +278,11 @@ func (db *DB) apply(ctx context.Context, req ledger.Request, render func(ledger.
 	})
 	return out, err
 }
+
+// userLockKey is the advisory lock key of a user's writes. Users take the two-int4 key space
+// (the user id's high and low halves), which PostgreSQL keeps apart from the one-bigint
+// space of the migration lock and the relay lease, so no user id can ever wait on either.
+func userLockKey(id int64) (int32, int32) { return int32(id >> 32), int32(uint32(id)) }
 
 func idempotencyConflict(req ledger.Request, t ledger.Transaction) error {
 	return &ledger.Error{Code: ledger.CodeIdempotencyConflict, Field: "uid",

@@ -441,13 +441,7 @@ func TestRandomizedWorkloadMatchesModel(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewSource(int64(w)))
 			for range 40 {
-				req := ledger.Request{UID: uuid.New(), UserID: users[rng.Intn(len(users))], Amount: ledger.Amount(1 + rng.Intn(5000))}
-				req.Type = ledger.Deposit
-				if rng.Intn(2) == 0 {
-					req.Type = ledger.Withdraw
-				}
-				ts := base.Add(time.Duration(rng.Intn(1000)) * time.Hour)
-				req.Timestamp = &ts
+				req := randomRequest(rng, users, base)
 				out, err := f.db.Apply(f.ctx, req, render)
 				if err != nil {
 					t.Error(err)
@@ -479,6 +473,20 @@ func TestRandomizedWorkloadMatchesModel(t *testing.T) {
 			require.Equal(t, a.out.Reply.Status == 200, applied[a.req.UID], "uid %s acknowledged with %d", a.req.UID, a.out.Reply.Status)
 		}
 	}
+}
+
+// randomRequest is a deposit or withdrawal of up to 50.00 for one of users, at a random hour
+// of the thousand after base: in a concurrent workload many land before a user's latest and
+// are back-dated, and many withdrawals are refused.
+func randomRequest(rng *rand.Rand, users []int64, base time.Time) ledger.Request {
+	req := ledger.Request{UID: uuid.New(), UserID: users[rng.Intn(len(users))], Amount: ledger.Amount(1 + rng.Intn(5000))}
+	req.Type = ledger.Deposit
+	if rng.Intn(2) == 0 {
+		req.Type = ledger.Withdraw
+	}
+	ts := base.Add(time.Duration(rng.Intn(1000)) * time.Hour)
+	req.Timestamp = &ts
+	return req
 }
 
 // DATABASE_URL may carry pgxpool's parameters; migrations accept them too.
