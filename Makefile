@@ -3,8 +3,6 @@ SHELL := /bin/bash
 GO ?= go
 GOLANGCI_VERSION := v2.15.0
 GOBIN := $(CURDIR)/bin
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
-export TEST_DATABASE_URL
 
 .PHONY: build run test lint gotest acceptance fuzz bench chaos clean
 
@@ -14,7 +12,11 @@ build:
 run: build
 	./bin/tally dev
 
-test: lint gotest acceptance
+# The Go tests and the acceptance suite run under internal/testenv, which starts a private
+# PostgreSQL and an embedded NATS when TEST_DATABASE_URL and NATS_URL are unset and nothing
+# answers on 127.0.0.1:5432 and :4222, and stops them at the end.
+test: lint
+	$(GO) run ./internal/testenv -python /usr/bin/python3 -- $(MAKE) --no-print-directory gotest acceptance
 
 $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION):
 	GOBIN=$(GOBIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
@@ -28,7 +30,7 @@ lint: $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION)
 # Coverage counts every package's statements exercised by any package's tests. The floor sits a
 # little under what the suite reaches, so that deleting tests fails the build.
 COVERAGE_FLOOR := 80
-COVERED := ./ledger/...,./postgres/...,./httpapi/...,./relay/...,./cmd/...,./client/...
+COVERED := ./ledger/...,./postgres/...,./httpapi/...,./relay/...,./cmd/...,./client/...,./internal/devenv/...,./internal/testenv/...
 
 gotest:
 	@mkdir -p bin
