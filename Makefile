@@ -3,8 +3,6 @@ SHELL := /bin/bash
 GO ?= go
 GOLANGCI_VERSION := v2.15.0
 GOBIN := $(CURDIR)/bin
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
-export TEST_DATABASE_URL
 
 .PHONY: build run test lint gotest acceptance fuzz bench chaos clean
 
@@ -14,7 +12,11 @@ build:
 run: build
 	./bin/tally dev
 
-test: lint gotest acceptance
+# The Go tests and the acceptance suite run under internal/testenv, which starts a private
+# PostgreSQL and an embedded NATS when TEST_DATABASE_URL and NATS_URL are unset and nothing
+# answers on 127.0.0.1:5432 and :4222, and stops them at the end.
+test: lint
+	$(GO) run ./internal/testenv -python /usr/bin/python3 -- $(MAKE) --no-print-directory gotest acceptance
 
 $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION):
 	GOBIN=$(GOBIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
@@ -24,12 +26,11 @@ lint: $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GOBIN)/golangci-lint-$(GOLANGCI_VERSION) run ./...
-	docker-compose -f docker-compose.yml config -q
 
 # Coverage counts every package's statements exercised by any package's tests. The floor sits a
 # little under what the suite reaches, so that deleting tests fails the build.
 COVERAGE_FLOOR := 80
-COVERED := ./ledger/...,./postgres/...,./httpapi/...,./relay/...,./cmd/...,./client/...
+COVERED := ./ledger/...,./postgres/...,./httpapi/...,./relay/...,./cmd/...,./client/...,./internal/devenv/...,./internal/testenv/...
 
 gotest:
 	@mkdir -p bin
@@ -54,11 +55,10 @@ chaos:
 clean:
 	rm -rf bin .data
 
-# The container and Kubernetes manifests alone: the compose file parses (Debian's
-# docker-compose; no engine needed) and both kustomize overlays render and pass deploy/'s
-# checks (kustomize runs in-process in that test; `make test` runs both too). To read a
+# The container and Kubernetes manifests alone: the compose file loads with the Compose
+# Specification's own loader and both kustomize overlays render and pass deploy/'s checks
+# (both run in-process in that test; `make test` runs it too). To read a
 # rendering: `go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 build deploy/k8s/overlays/prod`.
 .PHONY: manifests
 manifests:
-	docker-compose -f docker-compose.yml config -q
 	$(GO) test -count=1 ./deploy/

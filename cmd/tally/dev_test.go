@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/internal/pgtest"
 )
 
@@ -31,7 +32,7 @@ type devRun struct {
 
 func startDev(t *testing.T, env map[string]string) *devRun {
 	t.Helper()
-	port, err := freePort(context.Background())
+	port, err := devenv.FreePort(context.Background())
 	require.NoError(t, err)
 	env["PORT"] = strconv.Itoa(port)
 	env["SHUTDOWN_DELAY"] = "0s"
@@ -122,7 +123,7 @@ func TestDevStartsPrivatePostgresWithDemoData(t *testing.T) {
 	cluster := filepath.Join(dataDir, "postgres")
 	d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
 	requireVasya(t, d.base)
-	require.Contains(t, d.stderr.String(), "data in "+dataDir+"/")
+	require.Contains(t, d.stderr.String(), "data in "+cluster+"/")
 	pid := postmasterPID(t, cluster)
 
 	require.NoError(t, d.stop(t))
@@ -158,19 +159,68 @@ func TestDevUsesDatabaseURL(t *testing.T) {
 	require.NoError(t, d.stop(t))
 }
 
-func TestDevExplainsUnreachableDataDir(t *testing.T) {
+// A clone under a home of mode 0700, as root: PostgreSQL runs as another user, which cannot
+// reach the checkout, so its cluster goes to a directory of its own, found again next time.
+func TestDevMovesClusterOutOfUnreachableDataDir(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("only root runs PostgreSQL as another user")
 	}
 	// t.TempDir's parent is private to root, so the postgres user cannot reach inside it.
 	dataDir := filepath.Join(t.TempDir(), ".data")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	err := run(ctx, []string{"dev"}, func(k string) string {
-		return map[string]string{"DEV_DATA_DIR": dataDir}[k]
-	}, io.Discard, io.Discard)
-	require.Error(t, err)
-	require.Contains(t, err.Error(), "was denied access to the data directory")
-	require.False(t, errors.Is(err, context.DeadlineExceeded))
+	env := map[string]string{"DEV_DATA_DIR": dataDir}
+	d := startDev(t, env)
+	requireVasya(t, d.base)
+	cluster := dataDirIn(t, d.stderr.String())
+	t.Cleanup(func() { os.RemoveAll(cluster) }) //nolint:errcheck // best effort
+	require.True(t, strings.HasPrefix(cluster, "/var/tmp/tally-dev-"), cluster)
+	info, err := os.Stat(cluster)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), info.Mode().Perm())
+	require.NoError(t, d.stop(t))
+
+	d = startDev(t, env)
+	require.Equal(t, cluster, dataDirIn(t, d.stderr.String()), "the next start finds the cluster again")
+	resp, err := http.Get(d.base + "/v1/user/5")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "the data was kept, so the demo is not loaded twice")
+	require.NoError(t, d.stop(t))
+}
+
+// dataDirIn reads the cluster's directory from the "tally is running" line.
+func dataDirIn(t *testing.T, stderr string) string {
+	t.Helper()
+	_, after, ok := strings.Cut(stderr, "data in ")
+	require.True(t, ok, stderr)
+	dir, _, ok := strings.Cut(after, "/,")
+	require.True(t, ok, stderr)
+	return dir
+}
+
+// A killed tally dev leaves postmaster.pid behind, and by the next start its pid may belong
+// to an unrelated process; PostgreSQL would refuse to start on it.
+func TestDevRecoversStalePIDFile(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(reachableTempDir(t), ".data")
+	cluster := filepath.Join(dataDir, "postgres")
+	d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
+	require.NoError(t, d.stop(t))
+	// The pid now belongs to a process of the cluster's owner, which PostgreSQL may signal and
+	// so takes for another server on its data.
+	info, err := os.Stat(cluster)
+	require.NoError(t, err)
+	owner := info.Sys().(*syscall.Stat_t)
+	other := exec.Command("sleep", "60")
+	if os.Geteuid() == 0 {
+		other.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: owner.Uid, Gid: owner.Gid}}
+	}
+	require.NoError(t, other.Start())
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() }) //nolint:errcheck // only its pid was wanted
+	stale := fmt.Sprintf("%d\n%s\n1700000000\n5432\n\n127.0.0.1\n  5432001         0\nready   \n", other.Process.Pid, cluster)
+	require.NoError(t, os.WriteFile(filepath.Join(cluster, "postmaster.pid"), []byte(stale), 0o600))
+
+	d = startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
+	requireVasya(t, d.base)
+	require.NoError(t, d.stop(t))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/httpapi"
 	"github.com/tally-ledger/tally/internal/pgtest"
 )
@@ -24,7 +25,7 @@ func TestGracefulShutdown(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	port, err := freePort(ctx)
+	port, err := devenv.FreePort(ctx)
 	require.NoError(t, err)
 	adminPort := strconv.Itoa(port)
 	cfg, err := loadConfig(func(k string) string {

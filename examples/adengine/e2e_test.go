@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,21 +17,19 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/internal/pgtest"
 )
 
-// natsServer is the NATS binary the end-to-end test runs, so that it can stop and restart
-// a server of its own.
-const natsServer = "/usr/sbin/nats-server"
-
 // The whole path as separate processes: tally serve and tally relay on a fresh database, a
-// NATS server of the test's own, and adengine on a database of its own. While transactions
+// NATS server of the test's own (embedded in the test), and adengine on a database of its own. While transactions
 // go through the Go client, the relay and adengine are killed and restarted and NATS is down
 // for five seconds; duplicates are injected into the stream. Afterwards adengine must hold
 // exactly the users with funds, and exactly one effect per applied transaction.
@@ -42,9 +38,6 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("builds and runs tally, NATS and adengine")
 	}
 	t.Parallel()
-	if _, err := os.Stat(natsServer); err != nil {
-		t.Fatalf("the end-to-end test runs its own NATS server from %s, which is missing (apt-get install nats-server): %v", natsServer, err)
-	}
 	x := &e2e{t: t, ctx: t.Context(), bin: t.TempDir()}
 	x.build() // unbounded but for the test's timeout: a cold build cache takes a while
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -53,15 +46,17 @@ func TestEndToEnd(t *testing.T) {
 	began := time.Now()
 
 	tallyURL, engineURL := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
-	natsPort, natsDir := freePort(t), t.TempDir()
+	natsPort, err := devenv.FreePort(ctx)
+	require.NoError(t, err)
+	natsDir := t.TempDir()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
-	startNATS := func() *proc {
-		p := x.start("nats-server", nil, natsServer, "-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-js", "-sd", natsDir)
-		require.Eventually(t, func() bool {
-			conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", natsPort), time.Second)
-			return err == nil && conn.Close() == nil
-		}, 20*time.Second, 50*time.Millisecond, "nats-server did not start")
-		return p
+	// The same embedded server as tally dev's, on a port of its own so that it can be stopped
+	// and started again at the same address.
+	startNATS := func() *natsserver.Server {
+		ns, err := devenv.StartNATS(natsPort, natsDir)
+		require.NoError(t, err)
+		t.Cleanup(ns.Shutdown)
+		return ns
 	}
 	tallyEnv := []string{"DATABASE_URL=" + tallyURL, "NATS_URL=" + natsURL, "PORT=0", "ADMIN_PORT=0"}
 	startRelay := func() *proc { return x.start("relay", tallyEnv, filepath.Join(x.bin, "tally"), "relay") }
@@ -118,7 +113,8 @@ func TestEndToEnd(t *testing.T) {
 	startEngine()
 
 	// NATS is down for five seconds while writes go on; they wait in the outbox.
-	nats1.stop(syscall.SIGTERM)
+	nats1.Shutdown()
+	nats1.WaitForShutdown()
 	require.NoError(t, phase(4, 1200*time.Millisecond))
 	startNATS()
 	var wg sync.WaitGroup
@@ -441,15 +437,6 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, ln.Close())
-	return port
 }
 
 func queryStrings(t *testing.T, conn *pgx.Conn, sql string) []string {
