@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/httpapi"
+	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/internal/pgtest"
 )
 
