@@ -61,6 +61,31 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	require.Equal(t, served, documented, "routes.go and openapi.json disagree")
 }
 
+// TestOpenAPIDocumentsOptionalBearer pins what Swagger UI's Authorize and generated clients
+// read: every /v1 operation takes a bearer token or none (tokens are off unless TALLY_TOKENS is
+// set), and the probes and documents need none, as withAuth serves them.
+func TestOpenAPIDocumentsOptionalBearer(t *testing.T) {
+	t.Parallel()
+	doc := loadOpenAPI(t)
+	optional := openapi3.SecurityRequirements{{}, {"bearer": []string{}}}
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			t.Run(method+" "+path, func(t *testing.T) {
+				effective := doc.Security
+				if op.Security != nil {
+					effective = *op.Security
+				}
+				if strings.HasPrefix(path, "/v1/") {
+					require.Equal(t, optional, effective)
+				} else {
+					require.Empty(t, effective)
+				}
+			})
+		}
+	}
+	require.Contains(t, doc.Components.SecuritySchemes, "bearer")
+}
+
 // openAPISession sends requests to a server and checks every exchange against the document:
 // the response must be documented for its operation and match its schema, and requests that
 // follow the document must pass its validation. It records which documented responses it saw.
@@ -183,6 +208,7 @@ func (s *openAPISession) check(t *testing.T, ex exchange, status int, header htt
 			Request:    ex.request(context.Background(), "http://tally.test"),
 			PathParams: params,
 			Route:      route,
+			Options:    &openapi3filter.Options{AuthenticationFunc: bearerSent},
 		}
 		if !ex.offSpec {
 			require.NoError(t, openapi3filter.ValidateRequest(context.Background(), input), "the document rejects a request the scenario considers valid: %s", what)
@@ -197,6 +223,17 @@ func (s *openAPISession) check(t *testing.T, ex exchange, status int, header htt
 		require.NoError(t, err, "the response does not match the document: %s", what)
 		s.seen[route.Method+" "+route.Path+" "+strconv.Itoa(status)] = true
 	}
+}
+
+// bearerSent satisfies the document's bearer scheme when the request carries a bearer token;
+// the server without TALLY_TOKENS accepts requests without one, which the empty requirement
+// beside it in the document allows.
+func bearerSent(_ context.Context, input *openapi3filter.AuthenticationInput) error {
+	scheme, _, _ := strings.Cut(input.RequestValidationInput.Request.Header.Get("Authorization"), " ")
+	if input.SecuritySchemeName != "bearer" || !strings.EqualFold(scheme, "Bearer") {
+		return fmt.Errorf("no bearer token for %s", input.SecuritySchemeName)
+	}
+	return nil
 }
 
 // requireAllSeen fails for every documented response the scenario did not produce, so that a
