@@ -42,9 +42,10 @@ openapi-lint:
 	fi
 
 # Coverage counts every package's statements exercised by any package's tests. The floor sits a
-# little under what the suite reaches, so that deleting tests fails the build.
+# little under what the suite reaches, so that deleting tests fails the build. httpapi's
+# generated client (httpapi/internal/oapiclient) is a test subject, not tally's code: left out.
 COVERAGE_FLOOR := 80
-COVERED := ./ledger/...,./postgres/...,./httpapi/...,./relay/...,./cmd/...,./client/...,./internal/devenv/...,./internal/testenv/...
+COVERED := ./ledger/...,./postgres/...,./httpapi,./relay/...,./cmd/...,./client/...,./internal/devenv/...,./internal/testenv/...
 
 gotest:
 	@mkdir -p bin
