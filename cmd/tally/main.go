@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -112,8 +114,10 @@ type config struct {
 	logLevel        slog.Level
 	devDataDir      string // where dev keeps its private PostgreSQL
 	natsURL         string
-	natsURLSet      bool // NATS_URL was given; dev starts its own NATS otherwise
-	eventSource     string
+	natsURLSet      bool   // NATS_URL was given; dev starts its own NATS otherwise
+	eventSource     string // empty: derived from the database (postgres.DatabaseEventSource)
+	natsStream      string
+	subjectPrefix   string
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
 	adminPort       string
@@ -132,7 +136,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		natsURL:         cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
 		natsURLSet:      getenv("NATS_URL") != "",
 		tracing:         tracingOn(getenv),
-		eventSource:     cmp.Or(getenv("EVENT_SOURCE"), postgres.DefaultEventSource),
+		eventSource:     getenv("EVENT_SOURCE"),
+		natsStream:      cmp.Or(getenv("NATS_STREAM"), relay.DefaultStream),
+		subjectPrefix:   cmp.Or(getenv("NATS_SUBJECT_PREFIX"), relay.DefaultSubjectPrefix),
 		relayRetention:  7 * 24 * time.Hour,
 	}
 	if p := getenv("PORT"); p != "" {
@@ -170,6 +176,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			}
 			*d.dest = parsed
 		}
+	}
+	// NATS would refuse these only at the first publish, after the API is already up.
+	if strings.ContainsAny(cfg.natsStream, " \t\r\n.*>/\\") {
+		return cfg, fmt.Errorf("NATS_STREAM %q is not a stream name: no spaces, '.', '*', '>', '/' or '\\'", cfg.natsStream)
+	}
+	if strings.ContainsAny(cfg.subjectPrefix, " \t\r\n*>") || slices.Contains(strings.Split(cfg.subjectPrefix, "."), "") {
+		return cfg, fmt.Errorf("NATS_SUBJECT_PREFIX %q is not a subject such as tally or acme.tally", cfg.subjectPrefix)
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
@@ -273,7 +286,14 @@ func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db.SetEventSource(cfg.eventSource)
+	source := cfg.eventSource
+	if source == "" {
+		if source, err = db.DatabaseEventSource(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	db.SetEventSource(source)
 	return db, nil
 }
 
@@ -309,11 +329,11 @@ func newRelay(cfg config, db *postgres.DB, log *slog.Logger) (*relay.Relay, *nat
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention})
+	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention, Stream: cfg.natsStream, SubjectPrefix: cfg.subjectPrefix})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	log.Info("relay started", "nats", cfg.natsURL)
+	log.Info("relay started", "nats", cfg.natsURL, "stream", cfg.natsStream, "subjects", cfg.subjectPrefix+".>")
 	return r, nc, nil
 }
