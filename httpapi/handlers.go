@@ -25,6 +25,7 @@ type Store interface {
 	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
+	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
 	Ready(ctx context.Context) error
 }
 
