@@ -39,7 +39,7 @@ func main() {
 const usage = `usage: tally <command>
 
 commands:
-  serve     run the HTTP API (DATABASE_URL, PORT); --relay also publishes events (NATS_URL)
+  serve     run the HTTP API (DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
   relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 type config struct {
 	databaseURL     string
+	host            string // API listen address; empty: all interfaces
 	port            string
 	migrateOnStart  bool
 	shutdownDelay   time.Duration
@@ -129,6 +130,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		databaseURL:     getenv("DATABASE_URL"),
+		host:            getenv("HOST"),
 		port:            "8000",
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
@@ -249,7 +251,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", ":"+cfg.port)
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", net.JoinHostPort(cfg.host, cfg.port))
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -71,6 +72,7 @@ func TestGracefulShutdown(t *testing.T) {
 // served is a serve started by startServe.
 type served struct {
 	base, admin string // http://host:port of the API and of the admin port
+	host        string // the address the API listens on
 	done        <-chan error
 }
 
@@ -95,8 +97,10 @@ func startServe(ctx context.Context, t *testing.T, env map[string]string, withRe
 	go func() { done <- serve(ctx, cfg, httpapi.NewLogger(io.Discard, 0), listening) }()
 	select {
 	case addr := <-listening:
+		host, _, err := net.SplitHostPort(addr)
+		require.NoError(t, err)
 		return served{base: "http://" + strings.Replace(addr, "[::]", "127.0.0.1", 1),
-			admin: "http://127.0.0.1:" + env["ADMIN_PORT"], done: done}
+			admin: "http://127.0.0.1:" + env["ADMIN_PORT"], host: host, done: done}
 	case err := <-done:
 		t.Fatal(err)
 	}
@@ -125,6 +129,31 @@ func get(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// HOST chooses the interface the API listens on; by default it is every interface.
+func TestServeListensOnHost(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	for _, tc := range []struct {
+		name     string
+		host     string
+		wantHost string
+	}{
+		{name: "default: all interfaces", host: "", wantHost: "::"},
+		{name: "loopback only, for a sidecar", host: "127.0.0.1", wantHost: "127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := startServe(ctx, t, map[string]string{"DATABASE_URL": url, "HOST": tc.host, "MIGRATE_ON_START": "false"}, false)
+			require.Equal(t, http.StatusOK, get(t, s.base+"/healthz"))
+			cancel()
+			require.NoError(t, <-s.done)
+			require.Equal(t, tc.wantHost, s.host)
+		})
+	}
 }
 
 func TestConfigRejectsBadValues(t *testing.T) {
