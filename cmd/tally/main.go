@@ -40,7 +40,7 @@ const usage = `usage: tally <command>
 
 commands:
   serve     run the HTTP API (DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
-  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL)
+  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_STREAM, NATS_SUBJECT_PREFIX)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
   demo      load the demo data (DATABASE_URL); --sql prints it as SQL instead (sql_data/demo.sql)
