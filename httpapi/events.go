@@ -81,8 +81,12 @@ func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, li
 	if c != "" && alias != "" && c != alias {
 		return after, false, 0, 0, ledger.Invalid("cursor", "cursor and after name the same thing; pass only cursor")
 	}
+	field := "cursor"
+	if c == "" {
+		field = "after"
+	}
 	if c = cmp.Or(c, alias); c != "" {
-		if after, err = decodeEventCursor(c); err != nil {
+		if after, err = decodeEventCursor(field, c); err != nil {
 			return after, false, 0, 0, err
 		}
 		given = true
@@ -106,10 +110,10 @@ func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, li
 // An event cursor is "<txid>.<position>".
 func encodeEventCursor(c ledger.EventCursor) string { return encodePair(c.TxID, c.Position) }
 
-func decodeEventCursor(s string) (ledger.EventCursor, error) {
+func decodeEventCursor(field, s string) (ledger.EventCursor, error) {
 	txid, position, ok := decodePair(s)
 	if !ok || txid < 0 || position < 0 {
-		return ledger.EventCursor{}, ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page, or nothing to start at the beginning")
+		return ledger.EventCursor{}, ledger.Invalid(field, field+" is not a cursor this service returned; pass next_cursor from the previous page, or nothing to start at the beginning")
 	}
 	return ledger.EventCursor{TxID: txid, Position: position}, nil
 }

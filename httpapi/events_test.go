@@ -26,6 +26,7 @@ type feedPage struct {
 	nextCursor string
 	next       string
 	problem    string // the problem type, for an error
+	field      string // the problem's field
 }
 
 func getFeed(t *testing.T, base, query string) feedPage {
@@ -40,9 +41,10 @@ func getFeed(t *testing.T, base, query string) feedPage {
 		NextCursor string `json:"next_cursor"`
 		Next       string
 		Type       string
+		Field      string
 	}
 	require.NoError(t, json.Unmarshal(b, &body), string(b))
-	return feedPage{status: resp.StatusCode, events: body.Events, nextCursor: body.NextCursor, next: body.Next, problem: body.Type}
+	return feedPage{status: resp.StatusCode, events: body.Events, nextCursor: body.NextCursor, next: body.Next, problem: body.Type, field: body.Field}
 }
 
 // feedCursor writes a cursor as the service does; clients treat it as opaque.
@@ -80,14 +82,15 @@ func TestFeedCursor(t *testing.T) {
 		{name: "after is an alias of cursor", query: "after=" + second, wantStatus: 200, wantEvents: 1, wantNext: feedCursor(events[2].Cursor)},
 		{name: "cursor and after may agree", query: "cursor=" + second + "&after=" + second, wantStatus: 200, wantEvents: 1, wantNext: feedCursor(events[2].Cursor)},
 		{name: "the last cursor gives an empty page that keeps it", query: "cursor=" + feedCursor(events[2].Cursor), wantStatus: 200, wantNext: feedCursor(events[2].Cursor)},
-		{name: "cursor and after that differ", query: "cursor=" + second + "&after=" + feedCursor(events[0].Cursor), wantStatus: 422, wantType: "urn:tally:problem:invalid-request"},
-		{name: "a cursor that is not one", query: "cursor=abc", wantStatus: 422, wantType: "urn:tally:problem:invalid-request"},
+		{name: "cursor and after that differ", query: "cursor=" + second + "&after=" + feedCursor(events[0].Cursor), wantStatus: 422, wantType: "urn:tally:problem:invalid-request", wantField: "cursor"},
+		{name: "a cursor that is not one", query: "cursor=abc", wantStatus: 422, wantType: "urn:tally:problem:invalid-request", wantField: "cursor"},
+		{name: "an after that is not one", query: "after=abc", wantStatus: 422, wantType: "urn:tally:problem:invalid-request", wantField: "after"},
 		{name: "a transaction id no transaction has had yet", query: "cursor=" + feedCursor(ledger.EventCursor{TxID: 1 << 40, Position: 1}),
-			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead"},
+			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
 		{name: "a position never handed out", query: "cursor=" + feedCursor(ledger.EventCursor{TxID: events[2].Cursor.TxID, Position: events[2].Cursor.Position + 1}),
-			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead"},
+			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
 		{name: "ahead, under the old parameter name", query: "after=" + feedCursor(ledger.EventCursor{TxID: 1 << 40, Position: 1}),
-			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead"},
+			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
 	})
 }
 
@@ -99,6 +102,7 @@ type feedCase struct {
 	wantEvents int
 	wantNext   string // next_cursor, and next too; empty for a problem
 	wantType   string // the problem type; empty for a page
+	wantField  string // the parameter the problem names
 }
 
 func runFeedCases(t *testing.T, base string, cases []feedCase) {
@@ -109,6 +113,7 @@ func runFeedCases(t *testing.T, base string, cases []feedCase) {
 			page := getFeed(t, base, tc.query)
 			require.Equal(t, tc.wantStatus, page.status)
 			require.Equal(t, tc.wantType, page.problem)
+			require.Equal(t, tc.wantField, page.field)
 			require.Len(t, page.events, tc.wantEvents)
 			require.Equal(t, tc.wantNext, page.nextCursor)
 			require.Equal(t, page.nextCursor, page.next, "next repeats next_cursor")
@@ -126,8 +131,8 @@ func TestFeedCursorBeforePrunedEvents(t *testing.T) {
 	require.Equal(t, int64(2), n)
 	last := feedCursor(events[2].Cursor)
 	runFeedCases(t, base, []feedCase{
-		{name: "a cursor before the pruned events", query: "cursor=" + feedCursor(ledger.EventCursor{}), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired"},
-		{name: "a cursor among the pruned events", query: "cursor=" + feedCursor(events[0].Cursor), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired"},
+		{name: "a cursor before the pruned events", query: "cursor=" + feedCursor(ledger.EventCursor{}), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired", wantField: "cursor"},
+		{name: "a cursor among the pruned events", query: "cursor=" + feedCursor(events[0].Cursor), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired", wantField: "cursor"},
 		{name: "the last pruned event's cursor", query: "cursor=" + feedCursor(events[1].Cursor), wantStatus: 200, wantEvents: 1, wantNext: last},
 		{name: "no cursor reads what is kept", query: "", wantStatus: 200, wantEvents: 1, wantNext: last},
 	})
