@@ -198,6 +198,20 @@ def test_from_and_to_are_inclusive(api, seven):
     assert amounts(**{"from": "2023-01-04T03:00:00+03:00"}) == ["4.00", "4.50", "6.00", "7.00"]
 
 
+def test_to_a_date_covers_that_whole_day(api, user):
+    uid = user["id"]
+    for at in ["2023-12-31T00:00:00Z", "2023-12-31T15:00:00Z", "2024-01-01T00:00:00Z"]:
+        api.applied(uid, "DEPOSIT", "1.00", at)
+
+    def stamps(**params):
+        return [t["timestamp"] for t in api.history(uid, **params)]
+
+    assert stamps(to="2023-12-31") == ["2023-12-31T00:00:00Z", "2023-12-31T15:00:00Z"]
+    assert stamps(**{"from": "2023-01-01", "to": "2023-12-31"}) == ["2023-12-31T00:00:00Z", "2023-12-31T15:00:00Z"]
+    assert stamps(to="2023-12-31T00:00:00Z") == ["2023-12-31T00:00:00Z"]
+    assert stamps(**{"from": "2024-01-01"}) == ["2024-01-01T00:00:00Z"]
+
+
 def test_from_and_to_with_pages(api, seven):
     items = api.history(seven, **{"from": "2023-01-02", "to": "2023-01-06", "limit": 2})
     assert [t["amount"] for t in items] == ["2.00", "3.00", "4.00", "4.50", "6.00"]

@@ -25,6 +25,8 @@ var problems = map[ledger.Code]problemKind{
 	ledger.CodeInsufficientFunds:   {http.StatusPaymentRequired, "insufficient-funds", "Insufficient funds"},
 	ledger.CodeBalanceLimit:        {http.StatusUnprocessableEntity, "balance-limit-exceeded", "Balance limit exceeded"},
 	ledger.CodeIdempotencyConflict: {http.StatusUnprocessableEntity, "idempotency-conflict", "Idempotency key reused"},
+	ledger.CodeCursorAhead:         {http.StatusConflict, "cursor-ahead", "Cursor ahead of the stream"},
+	ledger.CodeCursorExpired:       {http.StatusGone, "cursor-expired", "Cursor expired"},
 	codeBodyTooLarge:               {http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large"},
 	codeUnsupportedMedia:           {http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"},
 	codeMethodNotAllowed:           {http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"},

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -20,16 +21,22 @@ const (
 )
 
 type eventsJSON struct {
-	Events []json.RawMessage `json:"events"`
-	Next   string            `json:"next"`
+	Events     []json.RawMessage `json:"events"`
+	NextCursor string            `json:"next_cursor"`
+	// Next repeats NextCursor under the feed's first name, kept for this major version.
+	Next string `json:"next"`
 }
 
 // handleEvents serves the event feed: events in stream order after a cursor, long-polling up
-// to ?wait= seconds when there are none yet. A consumer that resumes from its last `next`
-// sees every event exactly once.
+// to ?wait= seconds when there are none yet. A consumer that resumes from its last
+// `next_cursor` sees every event exactly once.
 func handleEvents(store Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		after, limit, wait, err := parseEventsQuery(r)
+		after, given, limit, wait, err := parseEventsQuery(r)
+		if err == nil && given {
+			// Also the first cursor: a reader handed it by an empty feed has read nothing since.
+			err = store.CheckEventCursor(r.Context(), after)
+		}
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -47,13 +54,14 @@ func handleEvents(store Store, log *slog.Logger) http.Handler {
 				return
 			}
 			if len(events) > 0 || !time.Now().Before(deadline) {
-				body := eventsJSON{Events: make([]json.RawMessage, 0, len(events)), Next: encodeEventCursor(after)}
+				body := eventsJSON{Events: make([]json.RawMessage, 0, len(events)), NextCursor: encodeEventCursor(after)}
 				for _, e := range events {
 					body.Events = append(body.Events, e.Body)
 				}
 				if len(events) > 0 {
-					body.Next = encodeEventCursor(events[len(events)-1].Cursor)
+					body.NextCursor = encodeEventCursor(events[len(events)-1].Cursor)
 				}
+				body.Next = body.NextCursor
 				encode(w, http.StatusOK, body)
 				return
 			}
@@ -66,40 +74,46 @@ func handleEvents(store Store, log *slog.Logger) http.Handler {
 	})
 }
 
-func parseEventsQuery(r *http.Request) (ledger.EventCursor, int, time.Duration, error) {
+// parseEventsQuery reads the feed's parameters; given says whether a cursor was passed.
+func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, limit int, wait time.Duration, err error) {
 	q := r.URL.Query()
-	var after ledger.EventCursor
-	if c := q.Get("after"); c != "" {
-		var err error
-		if after, err = decodeEventCursor(c); err != nil {
-			return after, 0, 0, err
-		}
+	c, alias := q.Get("cursor"), q.Get("after")
+	if c != "" && alias != "" && c != alias {
+		return after, false, 0, 0, ledger.Invalid("cursor", "cursor and after name the same thing; pass only cursor")
 	}
-	limit := defaultEventPage
+	field := "cursor"
+	if c == "" {
+		field = "after"
+	}
+	if c = cmp.Or(c, alias); c != "" {
+		if after, err = decodeEventCursor(field, c); err != nil {
+			return after, false, 0, 0, err
+		}
+		given = true
+	}
+	limit = defaultEventPage
 	if q.Has("limit") {
-		var err error
 		if limit, err = parseLimit(q.Get("limit"), maxEventPage); err != nil {
-			return after, 0, 0, err
+			return after, false, 0, 0, err
 		}
 	}
-	var wait time.Duration
 	if q.Has("wait") {
 		s, err := strconv.ParseFloat(q.Get("wait"), 64)
 		if err != nil || !(s >= 0 && s <= maxEventWait.Seconds()) { // NaN fails both
-			return after, 0, 0, ledger.Invalid("wait", fmt.Sprintf("wait must be a number of seconds from 0 to %d", int(maxEventWait.Seconds())))
+			return after, false, 0, 0, ledger.Invalid("wait", fmt.Sprintf("wait must be a number of seconds from 0 to %d", int(maxEventWait.Seconds())))
 		}
 		wait = time.Duration(s * float64(time.Second))
 	}
-	return after, limit, wait, nil
+	return after, given, limit, wait, nil
 }
 
 // An event cursor is "<txid>.<position>".
 func encodeEventCursor(c ledger.EventCursor) string { return encodePair(c.TxID, c.Position) }
 
-func decodeEventCursor(s string) (ledger.EventCursor, error) {
+func decodeEventCursor(field, s string) (ledger.EventCursor, error) {
 	txid, position, ok := decodePair(s)
 	if !ok || txid < 0 || position < 0 {
-		return ledger.EventCursor{}, ledger.Invalid("after", "after is not a cursor this service returned; pass `next` from the previous page, or nothing to start at the beginning")
+		return ledger.EventCursor{}, ledger.Invalid(field, field+" is not a cursor this service returned; pass next_cursor from the previous page, or nothing to start at the beginning")
 	}
 	return ledger.EventCursor{TxID: txid, Position: position}, nil
 }

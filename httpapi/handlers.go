@@ -25,6 +25,7 @@ type Store interface {
 	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
+	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
 	Ready(ctx context.Context) error
 }
 
@@ -253,13 +254,14 @@ func parseHistoryQuery(r *http.Request) (ledger.HistoryQuery, error) {
 	}
 	query := r.URL.Query()
 	for _, bound := range []struct {
-		name string
-		dest **time.Time
-	}{{"from", &q.From}, {"to", &q.To}} {
+		name  string
+		dest  **time.Time
+		parse func(field, s string) (time.Time, error)
+	}{{"from", &q.From, ledger.ParseTime}, {"to", &q.To, ledger.ParseRangeEnd}} {
 		if !query.Has(bound.name) {
 			continue
 		}
-		at, err := ledger.ParseTime(bound.name, query.Get(bound.name))
+		at, err := bound.parse(bound.name, query.Get(bound.name))
 		if err != nil {
 			return q, err
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 func loadOpenAPI(t *testing.T) *openapi3.T {
@@ -461,8 +462,19 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 
 	// The event feed: a first page, the next from its cursor, bad parameters.
 	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?limit=2"})
-	page := decodeJSON[struct{ Next string }](t, body)
-	s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?wait=0.05&after=" + page.Next})
+	page := decodeJSON[struct {
+		NextCursor string `json:"next_cursor"`
+		Next       string
+	}](t, body)
+	require.Equal(t, page.NextCursor, page.Next)
+	s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?wait=0.05&cursor=" + page.NextCursor})
+	s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/events?after=" + page.Next})
+	s.expect(t, http.StatusConflict, exchange{method: "GET", target: "/v1/events?cursor=" + encodeEventCursor(ledger.EventCursor{TxID: 1 << 40})})
+	// As if the relay had published and pruned every event written so far.
+	pruned, err := db.PruneEvents(context.Background(), time.Now().Add(time.Hour), ledger.EventCursor{TxID: 1 << 40})
+	require.NoError(t, err)
+	require.Positive(t, pruned)
+	s.expect(t, http.StatusGone, exchange{method: "GET", target: "/v1/events?cursor=" + encodeEventCursor(ledger.EventCursor{})})
 	for _, target := range []string{"/v1/events?limit=0", "/v1/events?after=nope", "/v1/events?wait=99"} {
 		s.expect(t, http.StatusUnprocessableEntity, exchange{method: "GET", target: target, offSpec: true})
 	}

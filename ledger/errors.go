@@ -15,6 +15,10 @@ const (
 	CodeInsufficientFunds   Code = "insufficient_funds"
 	CodeBalanceLimit        Code = "balance_limit_exceeded"
 	CodeIdempotencyConflict Code = "idempotency_conflict"
+	// CodeCursorAhead means an event cursor lies beyond anything written: reading from it would skip events.
+	CodeCursorAhead Code = "cursor_ahead"
+	// CodeCursorExpired means events after an event cursor were pruned.
+	CodeCursorExpired Code = "cursor_expired"
 	// CodeUnavailable means the database could not be reached; the request may be retried.
 	CodeUnavailable Code = "unavailable"
 )

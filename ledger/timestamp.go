@@ -75,6 +75,24 @@ func ParseTime(field, s string) (time.Time, error) {
 	return t, nil
 }
 
+// ParseRangeEnd reads the end of a time range, which is inclusive: an instant in any form
+// ParseTime accepts, or a date alone, which covers that whole day (up to the next midnight
+// UTC, exclusive). "to=2023-12-31" must not leave out all of 31 December but its first instant.
+func ParseRangeEnd(field, s string) (time.Time, error) {
+	t, err := ParseTime(field, s)
+	if err != nil {
+		return t, err
+	}
+	if m := isoPattern.FindStringSubmatch(s); m != nil && m[4] != "" {
+		return t, nil
+	}
+	if m := dayFirstPattern.FindStringSubmatch(s); m != nil && m[4] != "" {
+		return t, nil
+	}
+	// Instants are kept to the microsecond, so the last one of the day is the inclusive end.
+	return t.AddDate(0, 0, 1).Add(-time.Microsecond), nil
+}
+
 // FormatTime writes an instant the way the API returns it.
 func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 

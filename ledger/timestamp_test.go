@@ -260,3 +260,32 @@ func FuzzParseTime(f *testing.F) {
 		}
 	})
 }
+
+func TestParseRangeEnd(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, in, want string
+	}{
+		{name: "a date alone covers the whole day", in: "2023-12-31", want: "2023-12-31T23:59:59.999999Z"},
+		{name: "day first, date alone", in: "31.12.2023", want: "2023-12-31T23:59:59.999999Z"},
+		{name: "the last day of February in a leap year", in: "2024-02-29", want: "2024-02-29T23:59:59.999999Z"},
+		{name: "midnight written out is an instant", in: "2023-12-31T00:00:00Z", want: "2023-12-31T00:00:00Z"},
+		{name: "without seconds too", in: "2023-12-31 00:00", want: "2023-12-31T00:00:00Z"},
+		{name: "day first with a time", in: "31.12.2023 00:00", want: "2023-12-31T00:00:00Z"},
+		{name: "with an offset", in: "2023-12-31T15:00:00+03:00", want: "2023-12-31T12:00:00Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ledger.ParseRangeEnd("to", tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := ledger.FormatTime(got); s != tc.want {
+				t.Fatalf("ParseRangeEnd(%q) = %s, want %s", tc.in, s, tc.want)
+			}
+		})
+	}
+	if _, err := ledger.ParseRangeEnd("to", "2023-02-30"); err == nil {
+		t.Fatal("an impossible date is refused")
+	}
+}

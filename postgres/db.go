@@ -24,11 +24,27 @@ type DB struct {
 	eventSource string
 }
 
-// DefaultEventSource is the CloudEvents source of events unless SetEventSource changes it.
+// DefaultEventSource is the source of events until SetEventSource changes it; tally serve
+// sets DatabaseEventSource's answer unless EVENT_SOURCE is given.
 const DefaultEventSource = "tally"
 
 // SetEventSource names this deployment in the source attribute of the events it writes.
 func (db *DB) SetEventSource(source string) { db.eventSource = source }
+
+// EventSource is the source attribute of the events this DB writes.
+func (db *DB) EventSource() string { return db.eventSource }
+
+// DatabaseEventSource names the database by its cluster's system identifier and its own name,
+// so that two deployments sharing a broker never share a source unless they are told to.
+func (db *DB) DatabaseEventSource(ctx context.Context) (string, error) {
+	var system int64
+	var name string
+	err := db.pool.QueryRow(ctx, "SELECT system_identifier, current_database() FROM pg_control_system()").Scan(&system, &name)
+	if err != nil {
+		return "", fmt.Errorf("read the database's identity for the event source (set EVENT_SOURCE to skip): %w", err)
+	}
+	return fmt.Sprintf("%s/%d/%s", DefaultEventSource, system, name), nil
+}
 
 // Option configures Open.
 type Option func(*pgxpool.Config)

@@ -57,11 +57,48 @@ func (db *DB) SaveRelayCursor(ctx context.Context, name string, c ledger.EventCu
 	return err
 }
 
-// PruneEvents deletes events created before olderThan that the relay has published.
+// PruneEvents deletes events created before olderThan that the relay has published, and
+// records the greatest position it deleted so that the feed can refuse a cursor before it.
 func (db *DB) PruneEvents(ctx context.Context, olderThan time.Time, published ledger.EventCursor) (int64, error) {
-	tag, err := db.pool.Exec(ctx, `DELETE FROM outbox WHERE created_at < $1 AND (txid, position) <= ($2::bigint::text::xid8, $3)`,
-		olderThan, published.TxID, published.Position)
-	return tag.RowsAffected(), err
+	var n int64
+	err := db.pool.QueryRow(ctx, `WITH gone AS (
+			DELETE FROM outbox WHERE created_at < $1 AND (txid, position) <= ($2::bigint::text::xid8, $3)
+			RETURNING txid, position
+		), horizon AS (
+			INSERT INTO outbox_pruned (txid, position)
+			SELECT txid, position FROM gone ORDER BY txid DESC, position DESC LIMIT 1
+			ON CONFLICT (only_row) DO UPDATE SET txid = excluded.txid, position = excluded.position, pruned_at = now()
+			WHERE (outbox_pruned.txid, outbox_pruned.position) < (excluded.txid, excluded.position)
+		)
+		SELECT count(*) FROM gone`,
+		olderThan, published.TxID, published.Position).Scan(&n)
+	return n, err
+}
+
+// CheckEventCursor refuses a feed cursor that reading from would silently skip events: one
+// ahead of anything this database has written (a cursor from another database, or from
+// before a restore), and one before events that pruning has deleted.
+func (db *DB) CheckEventCursor(ctx context.Context, c ledger.EventCursor) (err error) {
+	defer func() { err = dbErr(err) }()
+	var ahead, expired bool
+	// Every cursor the feed hands out has a txid below the snapshot's xmin and a position the
+	// sequence has given out, so one beyond either was never handed out here.
+	err = db.pool.QueryRow(ctx, `SELECT
+			$1::bigint::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot())
+			  OR $2 > COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'position')::regclass), 0),
+			EXISTS (SELECT 1 FROM outbox_pruned WHERE (txid, position) > ($1::bigint::text::xid8, $2))`,
+		c.TxID, c.Position).Scan(&ahead, &expired)
+	switch {
+	case err != nil:
+		return err
+	case ahead:
+		return &ledger.Error{Code: ledger.CodeCursorAhead, Field: "cursor",
+			Detail: "cursor is ahead of every event this service has written, so it comes from another deployment or from before a restore; reading on from it would skip events. Start again without a cursor and de-duplicate by event id, or by (subject, sequence)"}
+	case expired:
+		return &ledger.Error{Code: ledger.CodeCursorExpired, Field: "cursor",
+			Detail: "events after this cursor were pruned (see RELAY_RETENTION), so reading on from it would skip them. Start again without a cursor, rebuilding state from the current balances (GET /v1/user/{id}) where events were missed"}
+	}
+	return nil
 }
 
 // Backlog counts the events the relay has not yet published and the age of the oldest.

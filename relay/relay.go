@@ -18,9 +18,13 @@ import (
 	"github.com/tally-ledger/tally/postgres"
 )
 
-// DefaultStream is the JetStream stream that holds tally's events, on subjects
-// "tally.<event type>".
+// DefaultStream is the JetStream stream that holds tally's events unless Config.Stream names
+// another.
 const DefaultStream = "TALLY"
+
+// DefaultSubjectPrefix starts every subject, "tally.<event type>", unless
+// Config.SubjectPrefix names another.
+const DefaultSubjectPrefix = "tally"
 
 // leaseKey is the advisory lock that makes one relay the active one.
 const leaseKey = 7_242_002
@@ -31,7 +35,7 @@ const cursorName = "jetstream"
 // Config tunes a relay; zero values take the defaults.
 type Config struct {
 	Stream        string        // default DefaultStream
-	SubjectPrefix string        // subjects are "<prefix>.<event type>"; default "tally"
+	SubjectPrefix string        // subjects are "<prefix>.<event type>"; default DefaultSubjectPrefix
 	Batch         int           // events per publish round; default 256
 	Poll          time.Duration // wait when the outbox is empty; default 25ms (standbys retry at 10×)
 	Retention     time.Duration // published events older than this are pruned; default 7 days
@@ -46,7 +50,7 @@ func (c *Config) defaults() {
 		c.Stream = DefaultStream
 	}
 	if c.SubjectPrefix == "" {
-		c.SubjectPrefix = "tally"
+		c.SubjectPrefix = DefaultSubjectPrefix
 	}
 	if c.Batch <= 0 {
 		c.Batch = 256

@@ -41,7 +41,7 @@ func devServe(ctx context.Context, cfg config, log *slog.Logger, stderr io.Write
 		return fmt.Errorf("migrate: %w", err)
 	}
 	cfg.migrateOnStart = false
-	db, err := postgres.Open(ctx, cfg.databaseURL)
+	db, err := openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,8 +39,8 @@ func main() {
 const usage = `usage: tally <command>
 
 commands:
-  serve     run the HTTP API (DATABASE_URL, PORT); --relay also publishes events (NATS_URL)
-  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL)
+  serve     run the HTTP API (DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
+  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_STREAM, NATS_SUBJECT_PREFIX)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
   demo      load the demo data (DATABASE_URL); --sql prints it as SQL instead (sql_data/demo.sql)
@@ -105,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 type config struct {
 	databaseURL     string
+	host            string // API listen address; empty: all interfaces
 	port            string
 	migrateOnStart  bool
 	shutdownDelay   time.Duration
@@ -112,8 +115,10 @@ type config struct {
 	logLevel        slog.Level
 	devDataDir      string // where dev keeps its private PostgreSQL
 	natsURL         string
-	natsURLSet      bool // NATS_URL was given; dev starts its own NATS otherwise
-	eventSource     string
+	natsURLSet      bool   // NATS_URL was given; dev starts its own NATS otherwise
+	eventSource     string // empty: derived from the database (postgres.DatabaseEventSource)
+	natsStream      string
+	subjectPrefix   string
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
 	adminPort       string
@@ -125,6 +130,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		databaseURL:     getenv("DATABASE_URL"),
+		host:            getenv("HOST"),
 		port:            "8000",
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
@@ -132,7 +138,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		natsURL:         cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
 		natsURLSet:      getenv("NATS_URL") != "",
 		tracing:         tracingOn(getenv),
-		eventSource:     cmp.Or(getenv("EVENT_SOURCE"), postgres.DefaultEventSource),
+		eventSource:     getenv("EVENT_SOURCE"),
+		natsStream:      cmp.Or(getenv("NATS_STREAM"), relay.DefaultStream),
+		subjectPrefix:   cmp.Or(getenv("NATS_SUBJECT_PREFIX"), relay.DefaultSubjectPrefix),
 		relayRetention:  7 * 24 * time.Hour,
 	}
 	if p := getenv("PORT"); p != "" {
@@ -170,6 +178,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			}
 			*d.dest = parsed
 		}
+	}
+	// NATS would refuse these only at the first publish, after the API is already up.
+	if strings.ContainsAny(cfg.natsStream, " \t\r\n.*>/\\") {
+		return cfg, fmt.Errorf("NATS_STREAM %q is not a stream name: no spaces, '.', '*', '>', '/' or '\\'", cfg.natsStream)
+	}
+	if strings.ContainsAny(cfg.subjectPrefix, " \t\r\n*>") || slices.Contains(strings.Split(cfg.subjectPrefix, "."), "") {
+		return cfg, fmt.Errorf("NATS_SUBJECT_PREFIX %q is not a subject such as tally or acme.tally", cfg.subjectPrefix)
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
@@ -236,7 +251,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", ":"+cfg.port)
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", net.JoinHostPort(cfg.host, cfg.port))
 	if err != nil {
 		return err
 	}
@@ -273,7 +288,14 @@ func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db.SetEventSource(cfg.eventSource)
+	source := cfg.eventSource
+	if source == "" {
+		if source, err = db.DatabaseEventSource(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	db.SetEventSource(source)
 	return db, nil
 }
 
@@ -309,11 +331,11 @@ func newRelay(cfg config, db *postgres.DB, log *slog.Logger) (*relay.Relay, *nat
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention})
+	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention, Stream: cfg.natsStream, SubjectPrefix: cfg.subjectPrefix})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	log.Info("relay started", "nats", cfg.natsURL)
+	log.Info("relay started", "nats", cfg.natsURL, "stream", cfg.natsStream, "subjects", cfg.subjectPrefix+".>")
 	return r, nc, nil
 }

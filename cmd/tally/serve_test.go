@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -25,24 +27,8 @@ func TestGracefulShutdown(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	port, err := devenv.FreePort(ctx)
-	require.NoError(t, err)
-	adminPort := strconv.Itoa(port)
-	cfg, err := loadConfig(func(k string) string {
-		return map[string]string{"DATABASE_URL": url, "PORT": "0", "ADMIN_PORT": adminPort, "SHUTDOWN_DELAY": "700ms"}[k]
-	})
-	require.NoError(t, err)
-	listening := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, httpapi.NewLogger(io.Discard, 0), listening) }()
-	var base string
-	select {
-	case addr := <-listening:
-		base = "http://" + strings.Replace(addr, "[::]", "127.0.0.1", 1)
-	case err := <-done:
-		t.Fatal(err)
-	}
-	admin := "http://127.0.0.1:" + adminPort
+	s := startServe(ctx, t, map[string]string{"DATABASE_URL": url, "SHUTDOWN_DELAY": "700ms"}, false)
+	base, admin, done := s.base, s.admin, s.done
 	requireReady(t, http.StatusOK, `{"status":"ready"}`, base, admin)
 	resp, err := http.Post(base+"/v1/user", "application/json", strings.NewReader(`{"name":"vasya"}`))
 	require.NoError(t, err)
@@ -83,6 +69,44 @@ func TestGracefulShutdown(t *testing.T) {
 	require.NoError(t, <-done)
 }
 
+// served is a serve started by startServe.
+type served struct {
+	base, admin string // http://host:port of the API and of the admin port
+	host        string // the address the API listens on
+	done        <-chan error
+}
+
+// startServe runs serve with env (PORT and ADMIN_PORT free ports unless given), and with the
+// relay if withRelay, until ctx ends, and waits until it listens.
+func startServe(ctx context.Context, t *testing.T, env map[string]string, withRelay bool) served {
+	t.Helper()
+	env = maps.Clone(env)
+	if env["PORT"] == "" {
+		env["PORT"] = "0"
+	}
+	if env["ADMIN_PORT"] == "" {
+		port, err := devenv.FreePort(ctx)
+		require.NoError(t, err)
+		env["ADMIN_PORT"] = strconv.Itoa(port)
+	}
+	cfg, err := loadConfig(func(k string) string { return env[k] })
+	require.NoError(t, err)
+	cfg.relay = withRelay
+	listening := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, httpapi.NewLogger(io.Discard, 0), listening) }()
+	select {
+	case addr := <-listening:
+		host, _, err := net.SplitHostPort(addr)
+		require.NoError(t, err)
+		return served{base: "http://" + strings.Replace(addr, "[::]", "127.0.0.1", 1),
+			admin: "http://127.0.0.1:" + env["ADMIN_PORT"], host: host, done: done}
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return served{}
+}
+
 // requireReady checks that /readyz answers the same on the API and the admin port.
 func requireReady(t *testing.T, status int, body string, bases ...string) {
 	t.Helper()
@@ -107,6 +131,31 @@ func get(t *testing.T, url string) int {
 	return resp.StatusCode
 }
 
+// HOST chooses the interface the API listens on; by default it is every interface.
+func TestServeListensOnHost(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	for _, tc := range []struct {
+		name     string
+		host     string
+		wantHost string
+	}{
+		{name: "default: all interfaces", host: "", wantHost: "::"},
+		{name: "loopback only, for a sidecar", host: "127.0.0.1", wantHost: "127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := startServe(ctx, t, map[string]string{"DATABASE_URL": url, "HOST": tc.host, "MIGRATE_ON_START": "false"}, false)
+			require.Equal(t, http.StatusOK, get(t, s.base+"/healthz"))
+			cancel()
+			require.NoError(t, <-s.done)
+			require.Equal(t, tc.wantHost, s.host)
+		})
+	}
+}
+
 func TestConfigRejectsBadValues(t *testing.T) {
 	t.Parallel()
 	for _, env := range []map[string]string{
@@ -115,6 +164,9 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"SHUTDOWN_DELAY": "soon"},
 		{"MIGRATE_ON_START": "maybe"},
 		{"LOG_LEVEL": "loud"},
+		{"NATS_STREAM": "tally.events"},
+		{"NATS_SUBJECT_PREFIX": "tally.>"},
+		{"NATS_SUBJECT_PREFIX": "tally."},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
@@ -123,6 +175,8 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "8000", cfg.port)
 	require.True(t, cfg.migrateOnStart)
+	require.Equal(t, "TALLY", cfg.natsStream)
+	require.Equal(t, "tally", cfg.subjectPrefix)
 }
 
 func TestRunNeedsACommand(t *testing.T) {
