@@ -121,6 +121,8 @@ func (e HealthStatusStatus) Valid() bool {
 const (
 	ProblemTypeUrnTallyProblemBalanceLimitExceeded ProblemType = "urn:tally:problem:balance-limit-exceeded"
 	ProblemTypeUrnTallyProblemBodyTooLarge         ProblemType = "urn:tally:problem:body-too-large"
+	ProblemTypeUrnTallyProblemCursorAhead          ProblemType = "urn:tally:problem:cursor-ahead"
+	ProblemTypeUrnTallyProblemCursorExpired        ProblemType = "urn:tally:problem:cursor-expired"
 	ProblemTypeUrnTallyProblemHeadersTooLarge      ProblemType = "urn:tally:problem:headers-too-large"
 	ProblemTypeUrnTallyProblemIdempotencyConflict  ProblemType = "urn:tally:problem:idempotency-conflict"
 	ProblemTypeUrnTallyProblemInsufficientFunds    ProblemType = "urn:tally:problem:insufficient-funds"
@@ -139,6 +141,10 @@ func (e ProblemType) Valid() bool {
 	case ProblemTypeUrnTallyProblemBalanceLimitExceeded:
 		return true
 	case ProblemTypeUrnTallyProblemBodyTooLarge:
+		return true
+	case ProblemTypeUrnTallyProblemCursorAhead:
+		return true
+	case ProblemTypeUrnTallyProblemCursorExpired:
 		return true
 	case ProblemTypeUrnTallyProblemHeadersTooLarge:
 		return true
@@ -352,8 +358,12 @@ type EventDataStatus string
 type EventPage struct {
 	Events []CloudEvent `json:"events"`
 
-	// Next Pass as `after` to read on. Equal to `after` when no event came.
+	// Next The same as `next_cursor`, under the feed's first name, kept in this major version.
+	// Deprecated: this property has been marked as deprecated upstream, but no `x-deprecated-reason` was set
 	Next string `json:"next"`
+
+	// NextCursor Pass as `cursor` to read on. Equal to the cursor sent when no event came.
+	NextCursor string `json:"next_cursor"`
 }
 
 // HealthStatus defines model for HealthStatus.
@@ -621,7 +631,11 @@ type ReadyzParams struct {
 
 // ListEventsParams defines parameters for ListEvents.
 type ListEventsParams struct {
-	// After The `next` of the previous page; omit to start at the oldest kept event.
+	// Cursor Opaque: `next_cursor` of the previous page; omit to start at the oldest kept event.
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// After The feed's first name for `cursor`, accepted in this major version; if both are given they must be equal.
+	// Deprecated: this property has been marked as deprecated upstream, but no `x-deprecated-reason` was set
 	After *string `form:"after,omitempty" json:"after,omitempty"`
 
 	// Limit At most this many events (default 100).
@@ -687,10 +701,10 @@ type GetBalanceParams struct {
 
 // ListTransactionsParams defines parameters for ListTransactions.
 type ListTransactionsParams struct {
-	// From Only transactions at or after this instant. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
+	// From Only transactions at or after this instant; a date alone starts at 00:00 UTC of that day. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
 	From *Timestamp `form:"from,omitempty" json:"from,omitempty"`
 
-	// To Only transactions at or before this instant. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
+	// To Only transactions at or before this instant; a date alone covers that whole day (up to the next midnight UTC, exclusive), so `to=2023-12-31` includes a transaction at 2023-12-31T15:00:00Z. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
 	To *Timestamp `form:"to,omitempty" json:"to,omitempty"`
 
 	// Limit Page size.
@@ -952,7 +966,7 @@ type ClientInterface interface {
 
 	// ListEvents Read the event feed
 	//
-	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published.
+	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
 	//
 	// Corresponds with GET /v1/events (the `ListEvents` operationId).
 	ListEvents(ctx context.Context, params *ListEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1180,7 +1194,7 @@ func (c *Client) Readyz(ctx context.Context, params *ReadyzParams, reqEditors ..
 
 // ListEvents Read the event feed
 //
-// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published.
+// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
 //
 // Corresponds with GET /v1/events (the `ListEvents` operationId).
 func (c *Client) ListEvents(ctx context.Context, params *ListEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1708,6 +1722,18 @@ func NewListEventsRequest(server string, params *ListEventsParams) (*http.Reques
 		// styled parameters, preserving literal commas as delimiters
 		// per the OpenAPI spec (e.g. "color=blue,black,brown").
 		var rawQueryFragments []string
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
 
 		if params.After != nil {
 
@@ -2405,7 +2431,7 @@ type ClientWithResponsesInterface interface {
 
 	// ListEventsWithResponse Read the event feed
 	//
-	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published.
+	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2914,6 +2940,16 @@ type ListEventsResponse405Headers struct {
 	XRequestID string
 }
 
+// ListEventsResponse409Headers the declared response headers of an HTTP 409 response for ListEvents
+type ListEventsResponse409Headers struct {
+	XRequestID string
+}
+
+// ListEventsResponse410Headers the declared response headers of an HTTP 410 response for ListEvents
+type ListEventsResponse410Headers struct {
+	XRequestID string
+}
+
 // ListEventsResponse422Headers the declared response headers of an HTTP 422 response for ListEvents
 type ListEventsResponse422Headers struct {
 	XRequestID string
@@ -2936,6 +2972,10 @@ type ListEventsResponse struct {
 	JSON200 *EventPage
 	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationproblemJSON405 *MethodNotAllowed
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *Problem
 	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationproblemJSON422 *Invalid
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2946,6 +2986,10 @@ type ListEventsResponse struct {
 	Headers200 *ListEventsResponse200Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
 	Headers405 *ListEventsResponse405Headers
+	// Headers409 the parsed response headers for an HTTP 409 response
+	Headers409 *ListEventsResponse409Headers
+	// Headers410 the parsed response headers for an HTTP 410 response
+	Headers410 *ListEventsResponse410Headers
 	// Headers422 the parsed response headers for an HTTP 422 response
 	Headers422 *ListEventsResponse422Headers
 	// Headers500 the parsed response headers for an HTTP 500 response
@@ -2962,6 +3006,16 @@ func (r ListEventsResponse) GetJSON200() *EventPage {
 // GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r ListEventsResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
 	return r.ApplicationproblemJSON405
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r ListEventsResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ListEventsResponse) GetApplicationproblemJSON410() *Problem {
+	return r.ApplicationproblemJSON410
 }
 
 // GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -4020,7 +4074,7 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, params *Re
 
 // ListEventsWithResponse Read the event feed
 //
-// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published.
+// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4641,6 +4695,20 @@ func ParseListEventsResponse(rsp *http.Response) (*ListEventsResponse, error) {
 		}
 		response.ApplicationproblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Invalid
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4692,6 +4760,26 @@ func ParseListEventsResponse(rsp *http.Response) (*ListEventsResponse, error) {
 			headers.XRequestID = value
 		}
 		response.Headers405 = &headers
+	case rsp.StatusCode == 409:
+		var headers ListEventsResponse409Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers409 = &headers
+	case rsp.StatusCode == 410:
+		var headers ListEventsResponse410Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers410 = &headers
 	case rsp.StatusCode == 422:
 		var headers ListEventsResponse422Headers
 		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
