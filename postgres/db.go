@@ -34,16 +34,18 @@ func (db *DB) SetEventSource(source string) { db.eventSource = source }
 // EventSource is the source attribute of the events this DB writes.
 func (db *DB) EventSource() string { return db.eventSource }
 
-// DatabaseEventSource names the database by its cluster's system identifier and its own name,
-// so that two deployments sharing a broker never share a source unless they are told to.
+// DatabaseEventSourceSQL is a query for the default event source: the database named by its
+// cluster's system identifier and its own name, so that two deployments sharing a broker never
+// share a source unless they are told to. Data loaded as SQL (sql_data/demo.sql) uses it too.
+const DatabaseEventSourceSQL = "SELECT format('" + DefaultEventSource + "/%s/%s', system_identifier, current_database()) FROM pg_control_system()"
+
+// DatabaseEventSource reads the default event source of this database (DatabaseEventSourceSQL).
 func (db *DB) DatabaseEventSource(ctx context.Context) (string, error) {
-	var system int64
-	var name string
-	err := db.pool.QueryRow(ctx, "SELECT system_identifier, current_database() FROM pg_control_system()").Scan(&system, &name)
-	if err != nil {
+	var source string
+	if err := db.pool.QueryRow(ctx, DatabaseEventSourceSQL).Scan(&source); err != nil {
 		return "", fmt.Errorf("read the database's identity for the event source (set EVENT_SOURCE to skip): %w", err)
 	}
-	return fmt.Sprintf("%s/%d/%s", DefaultEventSource, system, name), nil
+	return source, nil
 }
 
 // Option configures Open.

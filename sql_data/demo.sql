@@ -898,4 +898,7 @@ INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES
     ('0183ffd9-3300-7162-9594-32bdc3e2d8f4', 4, 113, 'transaction.applied', '{"specversion":"1.0","id":"0183ffd9-3300-7162-9594-32bdc3e2d8f4","source":"tally","type":"tally.transaction.applied","subject":"users/4","time":"2022-10-22T13:19:28Z","datacontenttype":"application/json","data":{"user_id":4,"sequence":113,"balance":"1028.24","uid":"c8912e03-fafb-5cca-913e-fb961c450be0","type":"WITHDRAW","amount":"215.64","timestamp":"2022-10-22T13:19:28Z","status":"APPLIED","balance_after":"1028.24"}}'),
     ('01841619-fa00-7f9c-bd72-ac863a1e0758', 4, 114, 'transaction.applied', '{"specversion":"1.0","id":"01841619-fa00-7f9c-bd72-ac863a1e0758","source":"tally","type":"tally.transaction.applied","subject":"users/4","time":"2022-10-26T21:01:52Z","datacontenttype":"application/json","data":{"user_id":4,"sequence":114,"balance":"997.72","uid":"06c02f60-5c9e-5c59-a6c3-d42c391568c5","type":"WITHDRAW","amount":"30.52","timestamp":"2022-10-26T21:01:52Z","status":"APPLIED","balance_after":"997.72"}}');
 
+-- Every event names this database as its source, as tally serve does by default.
+UPDATE outbox SET event = replace(event::text, '"source":"tally"', '"source":' || to_json((SELECT format('tally/%s/%s', system_identifier, current_database()) FROM pg_control_system()))::text)::json;
+
 COMMIT;

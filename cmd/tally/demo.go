@@ -97,8 +97,9 @@ func demoTransactions(index int, user string) []demoTransaction {
 // loadDemo loads the demo users and their transactions. It is safe to run again: a load that
 // finished is detected by its last uid, and an interrupted one resumes, because every
 // transaction goes through Apply with its fixed uid.
-func loadDemo(ctx context.Context, databaseURL string, log *slog.Logger) error {
-	db, err := postgres.Open(ctx, databaseURL)
+func loadDemo(ctx context.Context, cfg config, log *slog.Logger) error {
+	// openDB, as serve does, so the demo's events carry this deployment's source.
+	db, err := openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -82,7 +82,7 @@ func TestLoadDemo(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	require.NoError(t, loadDemo(ctx, url, log))
+	require.NoError(t, loadDemo(ctx, config{databaseURL: url}, log))
 	db, err := postgres.Open(ctx, url)
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
@@ -126,7 +126,7 @@ func TestLoadDemo(t *testing.T) {
 	require.Equal(t, demoCounts{users: len(demoUsers), transactions: want, applied: want}, loaded)
 
 	t.Run("loading again changes nothing", func(t *testing.T) {
-		require.NoError(t, loadDemo(ctx, url, log))
+		require.NoError(t, loadDemo(ctx, config{databaseURL: url}, log))
 		require.Contains(t, logs.String(), "demo data already loaded")
 		require.Equal(t, loaded, countDemo(t, db))
 	})
@@ -146,7 +146,7 @@ func TestLoadDemo(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, loaded.transactions-1, countDemo(t, db).transactions)
 
-		require.NoError(t, loadDemo(ctx, url, log))
+		require.NoError(t, loadDemo(ctx, config{databaseURL: url}, log))
 		require.Equal(t, loaded, countDemo(t, db), "the resumed load must neither duplicate users nor miss transactions")
 	})
 }

@@ -42,7 +42,7 @@ func runDemo(ctx context.Context, cfg config, args []string, log *slog.Logger, s
 	if cfg.databaseURL == "" {
 		return errors.New("DATABASE_URL is not set")
 	}
-	return loadDemo(ctx, cfg.databaseURL, log)
+	return loadDemo(ctx, cfg, log)
 }
 
 // demoRecord is one user as the write path would leave it after the demo: the users row, its
@@ -194,6 +194,10 @@ END $$;
 				sqlText(string(e.CloudEvent(postgres.DefaultEventSource))), separator(i, len(r.events)))
 		}
 	}
+	// Events name the database they are loaded into, as tally serve's default source does.
+	fmt.Fprintf(&b, "\n-- Every event names this database as its source, as tally serve does by default.\n"+
+		"UPDATE outbox SET event = replace(event::text, %s, '\"source\":' || to_json((%s))::text)::json;\n",
+		sqlText(`"source":"`+postgres.DefaultEventSource+`"`), postgres.DatabaseEventSourceSQL)
 	b.WriteString("\nCOMMIT;\n")
 	return b.Bytes(), nil
 }

@@ -166,7 +166,7 @@ func setupDemoFixture(t *testing.T) demoFixture {
 	ctx := context.Background()
 	var f demoFixture
 	apiURL := pgtest.NewDatabase(t)
-	require.NoError(t, loadDemo(ctx, apiURL, httpapi.NewLogger(io.Discard, 0)))
+	require.NoError(t, loadDemo(ctx, config{databaseURL: apiURL}, httpapi.NewLogger(io.Discard, 0)))
 	f.viaAPI, f.sqlURL = openTestDB(t, apiURL), pgtest.NewDatabase(t)
 	out, err := psqlLoad(t, f.sqlURL)
 	require.NoError(t, err, out)
@@ -266,6 +266,12 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 	t.Run("the same events, with ids and times derived from the data", func(t *testing.T) {
 		viaAPI, viaSQL := storedEvents(t, f.viaAPI), storedEvents(t, f.viaSQL)
 		require.Len(t, viaSQL, len(viaAPI))
+		// Each database names itself: the source tally serve would give its events by default.
+		apiSource, err := f.viaAPI.DatabaseEventSource(context.Background())
+		require.NoError(t, err)
+		sqlSource, err := f.viaSQL.DatabaseEventSource(context.Background())
+		require.NoError(t, err)
+		require.NotEqual(t, apiSource, sqlSource)
 		ids := map[uuid.UUID]bool{}
 		for i := range viaSQL {
 			s, a := viaSQL[i], viaAPI[i]
@@ -280,9 +286,11 @@ func TestDemoSQLEqualsTheWritePath(t *testing.T) {
 				wantTime = data["timestamp"].(string)
 			}
 			require.Equal(t, wantTime, envelope["time"])
+			require.Equal(t, sqlSource, envelope["source"])
 			require.WithinDuration(t, time.Now(), s.CreatedAt, time.Hour, "an outbox row is dated when it was written")
 			require.Equal(t, []any{a.UserID, a.UserSeq, a.Type}, []any{s.UserID, s.UserSeq, s.Type})
-			require.Equal(t, jsonWithout(t, []byte(a.Event), "id", "time"), jsonWithout(t, []byte(s.Event), "id", "time"))
+			require.Equal(t, apiSource, jsonWithout(t, []byte(a.Event))["source"])
+			require.Equal(t, jsonWithout(t, []byte(a.Event), "id", "time", "source"), jsonWithout(t, []byte(s.Event), "id", "time", "source"))
 		}
 	})
 
