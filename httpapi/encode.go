@@ -19,8 +19,9 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// MaxBodyBytes caps every request body.
-const MaxBodyBytes = 1 << 20
+// MaxBodyBytes caps every request body. A user or a transaction needs well under 1 KiB; the
+// cap bounds what a connection can make the server hold (see DefaultMaxConnections).
+const MaxBodyBytes = 64 << 10
 
 type userJSON struct {
 	ID        int64         `json:"id"`

@@ -43,7 +43,7 @@ func newFramedServer(t *testing.T, maxHeaderBytes int) (string, *prometheus.Regi
 	srv := httptest.NewUnstartedServer(httpapi.NewServer(db, httpapi.NewLogger(logs, 0), &httpapi.Health{},
 		httpapi.WithMetrics(httpapi.NewMetrics(reg))))
 	srv.Config.MaxHeaderBytes = maxHeaderBytes
-	srv.Listener = httpapi.Listener(srv.Listener)
+	srv.Listener = httpapi.Listener(srv.Listener, httpapi.DefaultMaxConnections)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL, reg, logFile(logs.Name())

@@ -115,6 +115,8 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"SHUTDOWN_DELAY": "soon"},
 		{"MIGRATE_ON_START": "maybe"},
 		{"LOG_LEVEL": "loud"},
+		{"MAX_CONNECTIONS": "0"},
+		{"MAX_CONNECTIONS": "many"},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
@@ -123,6 +125,10 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "8000", cfg.port)
 	require.True(t, cfg.migrateOnStart)
+	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
+	cfg, err = loadConfig(func(k string) string { return map[string]string{"MAX_CONNECTIONS": "50"}[k] })
+	require.NoError(t, err)
+	require.Equal(t, 50, cfg.maxConnections)
 }
 
 func TestRunNeedsACommand(t *testing.T) {
