@@ -47,6 +47,9 @@ POST = b"POST /v1/transaction HTTP/1.1\r\nHost: tally\r\nContent-Type: applicati
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: tally\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n",
                  431, "headers-too-large", id="headers-over-32KiB"),
     pytest.param(b"M" * 500_000 + b" / HTTP/1.1\r\nHost: tally\r\n\r\n", 431, "headers-too-large", id="500KB-method"),
+    pytest.param(b"GET * HTTP/1.1\r\nHost: tally\r\n\r\n", 400, "malformed-request", id="get-star"),
+    pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "malformed-request", id="http2-preface"),
+    pytest.param(b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 400, "malformed-request", id="connect"),
 ])
 def test_framing_errors_are_4xx_problems(base_url, request_bytes, status, problem):
     got, headers, body = exchange(base_url, request_bytes)
@@ -125,3 +128,61 @@ def test_decode_errors_name_no_go_types(api):
     r = api.post("/v1/transaction", data="[]", headers={"Content-Type": "application/json"})
     assert r.status_code == 422
     assert "Go value" not in r.json()["detail"] and "json:" not in r.json()["detail"]
+
+
+@pytest.mark.parametrize("query, field", [
+    pytest.param("/balance?date=2023-01-01;", None, id="trailing-semicolon"),
+    pytest.param("/balance?date=2023-01-01%zz", None, id="bad-escape"),
+    pytest.param("/transactions?limit=%zz", None, id="bad-escape-limit"),
+    pytest.param("/balance?date=2023-01-01&date=2024-01-01", "date", id="repeated-date"),
+    pytest.param("/transactions?limit=5&limit=99999", "limit", id="repeated-limit"),
+])
+def test_query_strings_are_read_whole_or_refused(base_url, user, query, field):
+    # Raw bytes: an HTTP library would re-escape the bad escapes before sending them.
+    got, _, body = exchange(base_url, f"GET /v1/user/{user['id']}{query} HTTP/1.1\r\nHost: tally\r\n\r\n".encode())
+    assert got == 422, body
+    assert json.loads(body).get("field") == field
+
+
+def test_transfer_encoding_closes_the_connection(base_url):
+    """The bytes after a chunked body are never read as a second request."""
+    url = urllib.parse.urlsplit(base_url)
+    body = b'{"name":"a"}'
+    request = (b"POST /v1/user HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+               + b"GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n")
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 201 "), data
+    assert b"\r\nConnection: close\r\n" in data
+    assert data.count(b"HTTP/1.1 ") == 1, data
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param('{"name": "\\ud800"}', id="lone-high-surrogate"),
+    pytest.param('{"name": "x\\udc00y"}', id="lone-low-surrogate"),
+    pytest.param('{"name": "\u3164"}', id="hangul-filler"),
+    pytest.param('{"name": "\u2800\u2800"}', id="braille-blanks"),
+])
+def test_names_that_are_nothing_are_refused(api, body):
+    r = api.post("/v1/user", data=body.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "name"
+
+
+def test_two_idempotency_keys_are_refused(base_url, api, user):
+    body = json.dumps({"user_id": user["id"], "type": "DEPOSIT", "amount": "1"}).encode()
+    got, _, answer = exchange(base_url, POST + b"Idempotency-Key: %s\r\nIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n"
+                              % (str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode(), len(body)) + body)
+    assert got == 422, answer
+    assert json.loads(answer)["field"] == "Idempotency-Key"
+    assert api.balance(user["id"]) == "0.00"
+
+
+def test_content_encoding_is_refused(api):
+    r = api.post("/v1/user", data=b'{"name": "a"}', headers={"Content-Type": "application/json", "Content-Encoding": "br"})
+    assert r.status_code == 415, r.text

@@ -125,12 +125,12 @@ def test_missing_amount(api, user):
 
 # Types, users, uids.
 
-@pytest.mark.parametrize("type_", ["", "TRANSFER", "DEPOSITS", 1, None])
+@pytest.mark.parametrize("type_", ["", "TRANSFER", "DEPOSITS", 1, None, " Deposit ", "deposit\n"])
 def test_invalid_types(api, user, type_):
     assert_invalid(api.transact(user["id"], type_, "1.00"), "type")
 
 
-@pytest.mark.parametrize("type_", ["deposit", " Deposit "])
+@pytest.mark.parametrize("type_", ["deposit", "Deposit", "dEpOsIt"])
 def test_type_is_case_insensitive(api, user, type_):
     assert api.transact(user["id"], type_, "1.00").json()["type"] == "DEPOSIT"
 

@@ -42,7 +42,7 @@ func ParseTokens(s string) ([]Token, error) {
 	return tokens, nil
 }
 
-// withAuth guards /v1: 401 without a known bearer token, 403 when a read token writes. Health,
+// withAuth guards /v1: 401 without exactly one Authorization header holding a known bearer token, 403 when a read token writes. Health,
 // readiness and the API documents stay open. Tokens are compared in constant time and never
 // logged.
 func withAuth(tokens []Token, next http.Handler) http.Handler {
@@ -51,7 +51,13 @@ func withAuth(tokens []Token, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		scope, ok := authenticate(tokens, r.Header.Get("Authorization"))
+		// Two tokens would leave the scope to whichever one is read first.
+		presented := r.Header.Values("Authorization")
+		var scope Scope
+		ok := false
+		if len(presented) == 1 {
+			scope, ok = authenticate(tokens, presented[0])
+		}
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tally"`)
 			status, p := newProblem(codeUnauthorized, "send Authorization: Bearer <token>", "")

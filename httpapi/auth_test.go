@@ -33,13 +33,21 @@ func do(t *testing.T, method, url, token, body string) (int, http.Header) {
 	return resp.StatusCode, resp.Header
 }
 
-func TestTokens(t *testing.T) {
-	t.Parallel()
+// newTokenServer serves the API with access control on: reader-0123456789abcdef may read,
+// writer-0123456789abcdef may write.
+func newTokenServer(t *testing.T) *httptest.Server {
+	t.Helper()
 	tokens, err := httpapi.ParseTokens("reader-0123456789abcdef:read, writer-0123456789abcdef:write")
 	require.NoError(t, err)
 	db, _ := pgtest.NewDB(t)
 	srv := httptest.NewServer(httpapi.NewServer(db, httpapi.NewLogger(io.Discard, 0), &httpapi.Health{}, httpapi.WithTokens(tokens)))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestTokens(t *testing.T) {
+	t.Parallel()
+	srv := newTokenServer(t)
 
 	status, header := do(t, "GET", srv.URL+"/v1/user/1", "", "")
 	require.Equal(t, http.StatusUnauthorized, status)

@@ -36,7 +36,7 @@ func handleDocs() http.Handler {
 		// A missing file gets the same problem body as any other unknown path, not the file
 		// server's plain text.
 		if info, err := fs.Stat(files, name); err != nil || info.IsDir() {
-			status, p := newProblem(ledger.CodeNotFound, "no such file: /api/docs/"+file, "")
+			status, p := newProblem(ledger.CodeNotFound, "no such file: /api/docs/"+ledger.Clip(file), "")
 			writeProblem(w, status, p)
 			return
 		}

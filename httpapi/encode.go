@@ -19,8 +19,9 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// MaxBodyBytes caps every request body.
-const MaxBodyBytes = 1 << 20
+// MaxBodyBytes caps every request body. A user or a transaction needs well under 1 KiB; the
+// cap bounds what a connection can make the server hold (see DefaultMaxConnections).
+const MaxBodyBytes = 64 << 10
 
 type userJSON struct {
 	ID        int64         `json:"id"`
@@ -131,8 +132,16 @@ func decodeFields(w http.ResponseWriter, r *http.Request, known ...string) (map[
 		}
 		return nil, ledger.Invalid("", "could not read the request body")
 	}
+	if bytes.HasPrefix(body, []byte(byteOrderMark)) {
+		return nil, ledger.Invalid("", "the body starts with a byte order mark; send UTF-8 without one")
+	}
 	trimmed := bytes.TrimSpace(body)
-	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var mediaType string
+	if contentType := r.Header.Get("Content-Type"); contentType != "" {
+		if mediaType, _, err = mime.ParseMediaType(contentType); err != nil {
+			return nil, &ledger.Error{Code: codeUnsupportedMedia, Detail: "the Content-Type " + strconv.Quote(ledger.Clip(contentType)) + " is not one media type; send application/json"}
+		}
+	}
 	switch {
 	case len(trimmed) > 0 && trimmed[0] == '{', mediaType == "application/json", strings.HasSuffix(mediaType, "+json"):
 		return decodeJSONFields(trimmed, known)
@@ -147,7 +156,7 @@ func decodeFields(w http.ResponseWriter, r *http.Request, known ...string) (map[
 func decodeFormFields(body []byte, known []string) (map[string]string, error) {
 	values, err := url.ParseQuery(string(body))
 	if err != nil {
-		return nil, ledger.Invalid("", "the form body is malformed: "+ledger.Clip(err.Error()))
+		return nil, ledger.Invalid("", "the form body is malformed; escape each key and value (no bare ';' or '%')")
 	}
 	for _, k := range slices.Sorted(maps.Keys(values)) {
 		if len(values[k]) > 1 {
@@ -199,9 +208,13 @@ func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
 		}
 		var key string
 		if keys != nil {
+			start := dec.InputOffset()
 			tok, err := dec.Token()
 			if err != nil {
 				return nil, jsonSyntaxError(err)
+			}
+			if hasLoneSurrogate(body[start:dec.InputOffset()]) {
+				return nil, loneSurrogate("")
 			}
 			key, _ = tok.(string) // the decoder only returns strings as object keys
 			if keys[key] {
@@ -209,11 +222,18 @@ func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
 			}
 			keys[key] = true
 		}
+		start := dec.InputOffset()
 		value, err := dec.Token()
 		if err != nil {
 			return nil, jsonSyntaxError(err)
 		}
 		topLevel := len(open) == 1 && slices.Contains(known, key)
+		if _, ok := value.(string); ok && hasLoneSurrogate(body[start:dec.InputOffset()]) {
+			if topLevel {
+				return nil, loneSurrogate(key)
+			}
+			return nil, loneSurrogate("")
+		}
 		switch v := value.(type) {
 		case json.Delim:
 			if len(open) == maxJSONDepth {
@@ -250,6 +270,51 @@ func decodeJSONFields(body []byte, known []string) (map[string]string, error) {
 	return fields, nil
 }
 
+func loneSurrogate(field string) error {
+	return ledger.Invalid(field, `the body has a \u escape of half a surrogate pair, which is no character; send the whole pair or the character itself`)
+}
+
+// hasLoneSurrogate reports whether raw, the bytes of JSON text the decoder has read for one
+// string token (with any separators before it), escapes half of a UTF-16 surrogate pair. The
+// decoder turns such an escape into U+FFFD without a word, so a name sent as "\ud800" would
+// be stored as a character the client never sent.
+func hasLoneSurrogate(raw []byte) bool {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		r, ok := unicodeEscape(raw[i:])
+		if !ok {
+			i++ // a one-character escape such as \\ or \"
+			continue
+		}
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true
+		case r >= 0xD800 && r <= 0xDBFF:
+			low, ok := unicodeEscape(raw[i+6:])
+			if !ok || low < 0xDC00 || low > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+		i += 5
+	}
+	return false
+}
+
+// unicodeEscape reads the \uXXXX escape that b starts with.
+func unicodeEscape(b []byte) (rune, bool) {
+	if len(b) < 6 || b[0] != '\\' || b[1] != 'u' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(b[2:6]), 16, 16)
+	return rune(n), err == nil
+}
+
+// byteOrderMark is U+FEFF in UTF-8; RFC 8259 forbids it before a JSON text.
+const byteOrderMark = "\ufeff"
+
 func duplicateKey(key string, known []string) error {
 	field := ""
 	if slices.Contains(known, key) {
@@ -262,7 +327,7 @@ func duplicateKey(key string, known []string) error {
 func jsonSyntaxError(err error) error {
 	var syntax *json.SyntaxError
 	if errors.As(err, &syntax) {
-		return ledger.Invalid("", fmt.Sprintf("the body is not valid JSON: %s (at byte %d)", syntax.Error(), syntax.Offset))
+		return ledger.Invalid("", fmt.Sprintf("the body is not valid JSON at byte %d", syntax.Offset))
 	}
 	return ledger.Invalid("", "the body ends before its JSON object does")
 }

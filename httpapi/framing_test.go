@@ -43,7 +43,7 @@ func newFramedServer(t *testing.T, maxHeaderBytes int) (string, *prometheus.Regi
 	srv := httptest.NewUnstartedServer(httpapi.NewServer(db, httpapi.NewLogger(logs, 0), &httpapi.Health{},
 		httpapi.WithMetrics(httpapi.NewMetrics(reg))))
 	srv.Config.MaxHeaderBytes = maxHeaderBytes
-	srv.Listener = httpapi.Listener(srv.Listener)
+	srv.Listener = httpapi.Listener(srv.Listener, httpapi.DefaultMaxConnections)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL, reg, logFile(logs.Name())
@@ -195,6 +195,10 @@ func TestFramingErrorsAreProblems(t *testing.T) {
 		{"headers too large", "GET /healthz HTTP/1.1\r\nHost: tally\r\nX-Big: " + strings.Repeat("b", 2*httpapi.MaxHeaderBytes) + "\r\n\r\n",
 			431, "headers-too-large", "bytes"},
 		{"method too large", strings.Repeat("M", 500_000) + " / HTTP/1.1\r\nHost: tally\r\n\r\n", 431, "headers-too-large", "bytes"},
+		{"GET *", "GET * HTTP/1.1\r\nHost: tally\r\n\r\n", 400, "malformed-request", "for OPTIONS only"},
+		{"POST *", "POST * HTTP/1.1\r\nHost: tally\r\nContent-Length: 0\r\n\r\n", 400, "malformed-request", "for OPTIONS only"},
+		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "malformed-request", "HTTP/1.1"},
+		{"CONNECT", "CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 400, "malformed-request", "not a proxy"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()

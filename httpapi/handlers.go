@@ -65,11 +65,11 @@ func handleCreateUser(store Store, log *slog.Logger) http.Handler {
 	})
 }
 
-// maxIdempotencyKeyLength bounds the Idempotency-Key of a user creation; keys are kept forever.
+// maxIdempotencyKeyLength bounds an Idempotency-Key; keys are kept forever.
 const maxIdempotencyKeyLength = 255
 
-// parseIdempotencyKey reads the optional Idempotency-Key of a user creation: 1 to 255 visible
-// ASCII characters, compared exactly. "" means the header was not sent.
+// parseIdempotencyKey reads the optional Idempotency-Key of a creation: one header of 1 to 255
+// visible ASCII characters, compared exactly. "" means the header was not sent.
 func parseIdempotencyKey(h http.Header) (string, error) {
 	values, sent := h["Idempotency-Key"]
 	if !sent {
@@ -182,7 +182,12 @@ func handleCreateTransaction(store Store, log *slog.Logger, m *Metrics) http.Han
 			writeError(w, r, log, err)
 			return
 		}
-		req, err := parseTransactionRequest(fields, r.Header.Get("Idempotency-Key"), time.Now())
+		key, err := parseIdempotencyKey(r.Header)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		req, err := parseTransactionRequest(fields, key, time.Now())
 		if err != nil {
 			writeError(w, r, log, err)
 			return

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/tally-ledger/tally/ledger"
@@ -15,25 +16,61 @@ import (
 // a uid, trace context), and net/http's default is 1 MiB.
 const MaxHeaderBytes = 32 << 10
 
+// DefaultMaxConnections is how many connections the API serves at once unless told otherwise.
+// With MaxHeaderBytes and MaxBodyBytes it bounds what clients can make the server hold:
+// 1000 × (36 KiB + 64 KiB + 8 KiB) ≈ 105 MiB (docs/operations.md shows the sum).
+const DefaultMaxConnections = 1000
+
 // Listener wraps ln so that the answers net/http writes by itself, before any handler runs,
 // reach clients as problem+json like every other refusal: a malformed request, an
 // unsupported Transfer-Encoding (which net/http answers 501, and a client that retries 5xx
 // would repeat forever) or an HTTP version other than 1.x become 400, headers over
 // MaxHeaderBytes stay 431. It serves plain TCP; under TLS the bytes it sees are encrypted.
-func Listener(ln net.Listener) net.Listener { return problemListener{ln} }
-
-type problemListener struct{ net.Listener }
-
-func (l problemListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &problemConn{Conn: c}, nil
+//
+// At most maxConnections connections are open at once; the next waits in the kernel's accept
+// queue until one closes, so a flood of slow uploads cannot hold unbounded memory. (This is
+// netutil.LimitListener's rule; its connections hide CloseWrite, which a 431 needs.)
+func Listener(ln net.Listener, maxConnections int) net.Listener {
+	return &problemListener{Listener: ln, slots: make(chan struct{}, maxConnections), closed: make(chan struct{})}
 }
 
-// problemConn rewrites net/http's canned answers as they are written.
-type problemConn struct{ net.Conn }
+type problemListener struct {
+	net.Listener
+	slots     chan struct{} // one token per open connection
+	closed    chan struct{} // closed by Close, so an Accept waiting for a slot returns
+	closeOnce sync.Once
+}
+
+func (l *problemListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+func (l *problemListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &problemConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// problemConn rewrites net/http's canned answers as they are written, and frees its slot
+// when closed.
+type problemConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *problemConn) Close() error {
+	defer c.release()
+	return c.Conn.Close()
+}
 
 // CloseWrite lets net/http half-close the connection after a 431, as it does on a bare TCP
 // connection, so the client reads the answer before the reset.

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -65,11 +67,59 @@ func NewServer(store Store, log *slog.Logger, health *Health, opts ...Option) ht
 		status, p := newProblem(ledger.CodeNotFound, "no such endpoint: "+ledger.Clip(r.Method)+" "+ledger.Clip(r.URL.Path)+"; see /api/docs", "")
 		writeProblem(w, status, p)
 	}))
-	var h http.Handler = mux
+	h := withRequestChecks(mux)
 	if len(o.tokens) > 0 {
 		h = withAuth(o.tokens, h)
 	}
 	return withRequestLog(log, o.metrics, withRecover(log, h))
+}
+
+// withRequestChecks refuses, for every route, what net/http passes on but the API cannot read
+// one way only: a query string that does not parse or repeats a key (handlers read the first
+// value and would drop the rest), a body in a Content-Encoding, the request target "*" and
+// CONNECT. A request framed with Transfer-Encoding closes its connection after the answer: a
+// proxy in front that framed it by Content-Length instead would otherwise have the rest of
+// the body read as a second request (RFC 9112 §6.1).
+func withRequestChecks(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		if err := checkRequest(r); err != nil {
+			var e *ledger.Error
+			errors.As(err, &e) // checkRequest returns only *ledger.Error
+			status, p := newProblem(e.Code, e.Detail, e.Field)
+			writeProblem(w, status, p)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func checkRequest(r *http.Request) error {
+	switch {
+	case r.RequestURI == "*":
+		// Go's server answers OPTIONS * itself; "PRI *" is the HTTP/2 preface.
+		if r.Method == "PRI" {
+			return &ledger.Error{Code: codeMalformedRequest, Detail: "the HTTP version is not supported; use HTTP/1.1"}
+		}
+		return &ledger.Error{Code: codeMalformedRequest, Detail: "the request target * is for OPTIONS only; send a path"}
+	case r.Method == http.MethodConnect:
+		return &ledger.Error{Code: codeMalformedRequest, Detail: "tally is not a proxy; CONNECT is not supported"}
+	}
+	if codings := r.Header.Values("Content-Encoding"); len(codings) > 1 || len(codings) == 1 && !strings.EqualFold(codings[0], "identity") {
+		return &ledger.Error{Code: codeUnsupportedMedia, Detail: "Content-Encoding " + ledger.Clip(strings.Join(codings, ", ")) + " is not supported; send the body as it is"}
+	}
+	values, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return ledger.Invalid("", "the query string is malformed; escape each key and value (no bare ';' or '%')")
+	}
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		if len(values[k]) > 1 {
+			return duplicateKey(k, slices.Collect(maps.Keys(values)))
+		}
+	}
+	return nil
 }
 
 func methodNotAllowed(methods []string) http.Handler {

@@ -175,11 +175,15 @@ func RefusalDetail(t Transaction) string {
 }
 
 // ParseType reads a transaction type in any ASCII letter case. Unicode case mapping is not
-// applied: it would read "depoſit" and "DEPOSıT" as DEPOSIT.
+// applied: it would read "depoſit" and "DEPOSıT" as DEPOSIT. Surrounding whitespace is
+// refused, as it is in ids and uids, so each type has one spelling up to case.
 func ParseType(s string) (Type, error) {
-	text := strings.Trim(s, " \t\r\n")
+	text := strings.TrimSpace(s)
 	if text == "" {
 		return "", Invalid("type", "type is required: DEPOSIT or WITHDRAW")
+	}
+	if text != s {
+		return "", Invalid("type", fmt.Sprintf("type %q has spaces around it; send DEPOSIT or WITHDRAW alone", Clip(s)))
 	}
 	for i := 0; i < len(text); i++ {
 		if text[i] >= utf8.RuneSelf {
@@ -210,8 +214,9 @@ func ParseUID(s string) (uuid.UUID, error) {
 }
 
 // ParseName validates a user name: at most MaxNameLength characters, with at least one
-// visible character and no control or format characters, which would let two names that
-// look alike differ or a name show nothing at all.
+// visible character and no control, format, default-ignorable, separator, private-use or
+// noncharacter code points, which would let two names that look alike differ or a name show
+// nothing at all.
 func ParseName(s string) (string, error) {
 	if !utf8.ValidString(s) {
 		return "", Invalid("name", "name is not valid UTF-8 text")
@@ -230,6 +235,17 @@ func ParseName(s string) (string, error) {
 			return "", Invalid("name", fmt.Sprintf("name must not contain the control character %U", r))
 		case unicode.Is(unicode.Cf, r):
 			return "", Invalid("name", fmt.Sprintf("name must not contain the invisible format character %U (zero-width, byte order mark or bidirectional control)", r))
+		case unicode.Is(unicode.Other_Default_Ignorable_Code_Point, r):
+			// Hangul fillers and the like: letters by category that no font draws.
+			return "", Invalid("name", fmt.Sprintf("name must not contain the invisible character %U", r))
+		case unicode.In(r, unicode.Zl, unicode.Zp):
+			return "", Invalid("name", fmt.Sprintf("name must not contain the line or paragraph separator %U", r))
+		case unicode.Is(unicode.Noncharacter_Code_Point, r):
+			return "", Invalid("name", fmt.Sprintf("name must not contain the noncharacter %U", r))
+		case unicode.In(r, unicode.Co, unicode.Cs):
+			return "", Invalid("name", fmt.Sprintf("name must not contain the private-use character %U", r))
+		case r == blankBraille || r == objectReplacement:
+			// Symbols by category that show as blank space or a placeholder box.
 		case unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S):
 			visible = true
 		}
@@ -239,6 +255,12 @@ func ParseName(s string) (string, error) {
 	}
 	return name, nil
 }
+
+// Characters that Unicode calls symbols but that show nothing a reader could tell apart.
+const (
+	blankBraille      = '\u2800'
+	objectReplacement = '\ufffc'
+)
 
 // maxEcho is how many bytes of a client's input an answer or a log line repeats.
 const maxEcho = 100

@@ -109,6 +109,7 @@ type config struct {
 	databaseURL     string
 	host            string // API listen address; empty: all interfaces
 	port            string
+	maxConnections  int // open connections the API serves at once
 	migrateOnStart  bool
 	shutdownDelay   time.Duration
 	shutdownTimeout time.Duration
@@ -132,6 +133,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		databaseURL:     getenv("DATABASE_URL"),
 		host:            getenv("HOST"),
 		port:            "8000",
+		maxConnections:  httpapi.DefaultMaxConnections,
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
 		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
@@ -148,6 +150,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return cfg, fmt.Errorf("PORT %q is not a port number", p)
 		}
 		cfg.port = p
+	}
+	if v := getenv("MAX_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return cfg, fmt.Errorf("MAX_CONNECTIONS %q is not a positive integer", v)
+		}
+		cfg.maxConnections = n
 	}
 	cfg.adminPort, cfg.adminPortSet = cmp.Or(getenv("ADMIN_PORT"), "9090"), getenv("ADMIN_PORT") != ""
 	if n, err := strconv.Atoi(cfg.adminPort); err != nil || n < 0 || n > 65535 {
@@ -260,7 +269,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		listening <- ln.Addr().String()
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(httpapi.Listener(ln)) }()
+	go func() { errc <- srv.Serve(httpapi.Listener(ln, cfg.maxConnections)) }()
 
 	select {
 	case err := <-errc:

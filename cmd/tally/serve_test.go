@@ -167,6 +167,8 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"NATS_STREAM": "tally.events"},
 		{"NATS_SUBJECT_PREFIX": "tally.>"},
 		{"NATS_SUBJECT_PREFIX": "tally."},
+		{"MAX_CONNECTIONS": "0"},
+		{"MAX_CONNECTIONS": "many"},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
@@ -177,6 +179,10 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.True(t, cfg.migrateOnStart)
 	require.Equal(t, "TALLY", cfg.natsStream)
 	require.Equal(t, "tally", cfg.subjectPrefix)
+	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
+	cfg, err = loadConfig(func(k string) string { return map[string]string{"MAX_CONNECTIONS": "50"}[k] })
+	require.NoError(t, err)
+	require.Equal(t, 50, cfg.maxConnections)
 }
 
 func TestRunNeedsACommand(t *testing.T) {
