@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -98,14 +99,19 @@ func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, li
 		}
 	}
 	if q.Has("wait") {
-		s, err := strconv.ParseFloat(q.Get("wait"), 64)
-		if err != nil || !(s >= 0 && s <= maxEventWait.Seconds()) { // NaN fails both
+		text := q.Get("wait")
+		s, err := strconv.ParseFloat(text, 64)
+		// Plain decimals only: ParseFloat also reads "1_0", "0x1p-2" and "Inf".
+		if !plainSeconds.MatchString(text) || err != nil || s > maxEventWait.Seconds() {
 			return after, false, 0, 0, ledger.Invalid("wait", fmt.Sprintf("wait must be a number of seconds from 0 to %d", int(maxEventWait.Seconds())))
 		}
 		wait = time.Duration(s * float64(time.Second))
 	}
 	return after, given, limit, wait, nil
 }
+
+// plainSeconds is how wait is written: decimal seconds, such as 5 or 0.25.
+var plainSeconds = regexp.MustCompile(`^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$`)
 
 // An event cursor is "<txid>.<position>".
 func encodeEventCursor(c ledger.EventCursor) string { return encodePair(c.TxID, c.Position) }

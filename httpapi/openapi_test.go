@@ -475,7 +475,7 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	require.NoError(t, err)
 	require.Positive(t, pruned)
 	s.expect(t, http.StatusGone, exchange{method: "GET", target: "/v1/events?cursor=" + encodeEventCursor(ledger.EventCursor{})})
-	for _, target := range []string{"/v1/events?limit=0", "/v1/events?after=nope", "/v1/events?wait=99"} {
+	for _, target := range []string{"/v1/events?limit=0", "/v1/events?after=nope", "/v1/events?wait=99", "/v1/events?wait=1_0", "/v1/events?wait=0x1p-2", "/v1/events?wait=1e1"} {
 		s.expect(t, http.StatusUnprocessableEntity, exchange{method: "GET", target: target, offSpec: true})
 	}
 

@@ -641,7 +641,7 @@ type ListEventsParams struct {
 	// Limit At most this many events (default 100).
 	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 
-	// Wait Seconds to wait for an event when none is there yet (default 0).
+	// Wait Seconds to wait for an event when none is there yet, as plain decimal digits such as `5` or `0.25` (default 0).
 	Wait *float32 `form:"wait,omitempty" json:"wait,omitempty"`
 
 	// XRequestID Optional id for tracing; echoed in the response header of the same name.
