@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -218,4 +219,31 @@ func TestFollowReturnsTheCursorBeforeARefusedPage(t *testing.T) {
 	require.Empty(t, cursor)
 	pages, _ := collect(t, b.client, cursor)
 	require.Equal(t, client.EventUserCreated, nextEvents(t, pages, 1, 10*time.Second)[0].Type)
+}
+
+// Events reads the feed's cursor as next_cursor, the name history uses, and else as next,
+// and sends it back as after, which the feed accepts under either naming.
+func TestEventsReadsEitherCursorName(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, body, want string }{
+		{"next_cursor and next", `{"events":[],"next_cursor":"c2","next":"c2"}`, "c2"},
+		{"next_cursor alone", `{"events":[],"next_cursor":"c2"}`, "c2"},
+		{"next alone", `{"events":[],"next":"c1"}`, "c1"},
+		{"neither", `{"events":[]}`, "c0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var sent string
+			feed := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				sent = r.URL.Query().Get("after")
+				w.Header().Set("Content-Type", "application/json")
+				w.Write([]byte(tc.body)) //nolint:errcheck // the test reads what arrived
+			}))
+			t.Cleanup(feed.Close)
+			_, next, err := client.New(feed.URL).Events(t.Context(), "c0", 0, 0)
+			require.NoError(t, err)
+			require.Equal(t, "c0", sent)
+			require.Equal(t, tc.want, next)
+		})
+	}
 }
