@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -259,13 +260,21 @@ func (c *Client) HistoryAll(ctx context.Context, userID int64, q HistoryQuery) i
 // sent in seconds) the server holds the request until an event arrives or wait passes: a
 // long poll. The attempt timeout is extended by wait.
 //
-// Each event is a CloudEvents 1.0 JSON envelope, returned as is. next is the cursor to pass
-// as after on the following call, also when no event came. Events may be
+// Each event is a CloudEvents 1.0 JSON envelope, returned as is (DecodeEvent reads one). next
+// is the cursor to pass as after on the following call, also when no event came. Events may be
 // delivered more than once (a retried read, a consumer restarting from an older cursor), so
 // de-duplicate by the event's id and store the cursor together with the effect of the events.
+// Follow reads the feed for good, with typed events.
 func (c *Client) Events(ctx context.Context, after string, limit int, wait time.Duration) (events []json.RawMessage, next string, err error) {
+	return c.events(ctx, call{}, after, limit, wait)
+}
+
+// events reads one page of the feed; base carries the retry mode.
+func (c *Client) events(ctx context.Context, base call, after string, limit int, wait time.Duration) ([]json.RawMessage, string, error) {
 	query := url.Values{}
 	if after != "" {
+		// "after" stays accepted for this major version, also where the feed names its
+		// cursor "cursor" as history does.
 		query.Set("after", after)
 	}
 	if limit != 0 {
@@ -275,20 +284,20 @@ func (c *Client) Events(ctx context.Context, after string, limit int, wait time.
 		query.Set("wait", strconv.FormatFloat(wait.Seconds(), 'f', -1, 64))
 	}
 	var body struct {
-		Events []json.RawMessage `json:"events"`
-		Next   string            `json:"next"`
+		Events     []json.RawMessage `json:"events"`
+		NextCursor string            `json:"next_cursor"`
+		Next       string            `json:"next"`
 	}
-	ans, err := c.do(ctx, call{method: http.MethodGet, path: "/v1/events", query: query, longPoll: wait})
+	base.method, base.path, base.query, base.longPoll = http.MethodGet, "/v1/events", query, wait
+	ans, err := c.do(ctx, base)
 	if err != nil {
 		return nil, after, err
 	}
 	if err := decodeAnswer(ans, &body); err != nil {
 		return nil, after, err
 	}
-	if body.Next == "" {
-		body.Next = after
-	}
-	return body.Events, body.Next, nil
+	next := cmp.Or(body.NextCursor, body.Next, after)
+	return body.Events, next, nil
 }
 
 // get reads a resource, retrying on the same conditions as a transaction: a read changes

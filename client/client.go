@@ -18,6 +18,21 @@
 // Reads are retried on the same conditions, and so is CreateUser: each call sends a fresh
 // Idempotency-Key, the same on all its attempts, so a retry never creates a second user.
 //
+// A call retries up to RetryPolicy.MaxAttempts times (by default about 10 to 20 seconds of
+// waiting, enough for a restart of tally) and then fails with an error that is ErrGaveUp. With
+// WithRetryUntilDefinite it resends instead until a definite answer or the end of its context.
+// IsFinal tells the two kinds of error apart without looking at statuses:
+//
+//	res, err := c.Withdraw(ctx, uid, userID, amount)
+//	if !client.IsFinal(err) {
+//		// the outcome is unknown: keep uid and send the same withdrawal again later
+//	}
+//
+// Events: Follow reads the event feed from a cursor with long polls and hands over typed
+// events (Event, with the constants EventBalanceFunded and the others) page by page, with
+// the cursor to store alongside their effects; DecodeEvent reads one event, such as a
+// JetStream message's body.
+//
 // A uid protects against duplicates only while it is kept. A caller that may crash between
 // attempts should store the uid (with whatever the transfer belongs to) before calling
 // Transact, and resend that uid after a restart.
@@ -38,9 +53,10 @@ import (
 	"github.com/google/uuid"
 )
 
-// Defaults of a Client made without options.
+// Defaults of a Client made without options. Between its 10 attempts a call waits about 10 to
+// 20 seconds in all, long enough for tally to restart; the attempts themselves add to that.
 const (
-	DefaultMaxAttempts    = 5
+	DefaultMaxAttempts    = 10
 	DefaultBaseDelay      = 100 * time.Millisecond
 	DefaultMaxDelay       = 5 * time.Second
 	DefaultAttemptTimeout = 10 * time.Second
@@ -64,6 +80,7 @@ type Client struct {
 	httpClient     *http.Client
 	retry          RetryPolicy
 	attemptTimeout time.Duration
+	untilDefinite  bool
 }
 
 // Option configures a Client.
@@ -87,6 +104,15 @@ func WithRetryPolicy(p RetryPolicy) Option {
 			c.retry.MaxDelay = p.MaxDelay
 		}
 	}
+}
+
+// WithRetryUntilDefinite makes every call resend its request, unchanged, until tally gives a
+// definite answer (a success or a final error, see IsFinal) or the context ends: MaxAttempts
+// no longer bounds it, while the backoff still grows to MaxDelay and honours Retry-After.
+// This is what a uid is for: a payment that must not be lost nor made twice is sent until
+// its outcome is known, through restarts and outages of tally. Bound it with the context.
+func WithRetryUntilDefinite() Option {
+	return func(c *Client) { c.untilDefinite = true }
 }
 
 // WithAttemptTimeout bounds each attempt, so that a hung connection is abandoned and retried
@@ -122,6 +148,8 @@ type call struct {
 	idempotencyKey string
 	// longPoll is how long the server may hold the request; it extends the attempt timeout.
 	longPoll time.Duration
+	// untilDefinite retries past MaxAttempts, as WithRetryUntilDefinite does for every call.
+	untilDefinite bool
 }
 
 // answer is an HTTP response read in full.
@@ -137,6 +165,7 @@ type answer struct {
 // It returns the last answer received, if any, with an *Error for a non-2xx one.
 func (c *Client) do(ctx context.Context, cl call) (answer, error) {
 	var last answer
+	untilDefinite := c.untilDefinite || cl.untilDefinite
 	for attempt := 1; ; attempt++ {
 		ans, err := c.send(ctx, cl)
 		var retryAfter time.Duration
@@ -155,12 +184,12 @@ func (c *Client) do(ctx context.Context, cl call) (answer, error) {
 			}
 			retryAfter = parseRetryAfter(ans.header)
 		}
-		if attempt >= c.retry.MaxAttempts {
-			return last, fmt.Errorf("tally: %s %s: gave up after %d attempts: %w", cl.method, cl.path, attempt, err)
+		if !untilDefinite && attempt >= c.retry.MaxAttempts {
+			return last, fmt.Errorf("tally: %s %s: %w after %d attempts: %w", cl.method, cl.path, ErrGaveUp, attempt, err)
 		}
 		wait := max(c.retry.delay(attempt), retryAfter)
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
-			return last, fmt.Errorf("tally: %s %s: gave up after %d attempts, the context ends before the next: %w", cl.method, cl.path, attempt, err)
+			return last, fmt.Errorf("tally: %s %s: %w after %d attempts, the context ends before the next: %w", cl.method, cl.path, ErrGaveUp, attempt, err)
 		}
 		timer := time.NewTimer(wait)
 		select {

@@ -116,8 +116,13 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// tally must finish the request even if the client has gone: that is the failure to test.
-	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), r.Method, p.upstream+r.URL.RequestURI(), strings.NewReader(string(body)))
+	// tally must finish a write even if the client has gone: that is the failure to test. A
+	// read, such as a long poll of the feed, ends with its client.
+	ctx := r.Context()
+	if r.Method != http.MethodGet {
+		ctx = context.WithoutCancel(ctx)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, p.upstream+r.URL.RequestURI(), strings.NewReader(string(body)))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
@@ -416,7 +421,8 @@ func TestCancelStopsRetries(t *testing.T) {
 	require.LessOrEqual(t, len(b.proxy.requests(postTransaction)), sent+1, "no attempt after the cancellation")
 }
 
-// When every attempt fails the call gives up after MaxAttempts with the last answer.
+// When every attempt fails the call gives up after MaxAttempts with the last answer, an
+// error that is ErrGaveUp and holds the last *Error.
 func TestRetriesAreBounded(t *testing.T) {
 	t.Parallel()
 	b := setup(t, client.WithRetryPolicy(client.RetryPolicy{MaxAttempts: 3}))
@@ -427,6 +433,8 @@ func TestRetriesAreBounded(t *testing.T) {
 	var e *client.Error
 	require.ErrorAs(t, err, &e)
 	require.Equal(t, http.StatusInternalServerError, e.Status)
+	require.ErrorIs(t, err, client.ErrGaveUp)
+	require.False(t, client.IsFinal(err))
 	require.Len(t, b.proxy.requests(postTransaction), 3)
 }
 

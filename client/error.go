@@ -17,7 +17,19 @@ const (
 	ProblemIdempotencyConflict  = "urn:tally:problem:idempotency-conflict"
 	ProblemUnavailable          = "urn:tally:problem:unavailable"
 	ProblemInternal             = "urn:tally:problem:internal"
+	// ProblemCursorAhead answers an event cursor ahead of anything the server has written,
+	// as after a restore or a failover: start again from a cursor stored before that point.
+	ProblemCursorAhead = "urn:tally:problem:cursor-ahead"
+	// ProblemCursorExpired answers an event cursor older than the feed's retention: the
+	// events after it are gone from the feed and must be recovered another way.
+	ProblemCursorExpired = "urn:tally:problem:cursor-expired"
 )
+
+// ErrGaveUp marks a call that stopped retrying (its attempts ran out, or its context's
+// deadline would come before the next) without a definite answer. errors.As still finds
+// the last attempt's *Error in it, if an answer came. Resending the same request later is
+// safe: its uid or Idempotency-Key makes it take effect once.
+var ErrGaveUp = errors.New("gave up retrying")
 
 // Error is an answer from tally (or a proxy in front of it) that is not a success: an RFC 9457
 // problem. A 4xx is final and was not retried; a 5xx is what the last attempt got.
@@ -96,4 +108,17 @@ func IsNotFound(err error) bool {
 // (422 idempotency-conflict): the uid belongs to another request and must not be reused.
 func IsConflict(err error) bool {
 	return problemOf(err, ProblemIdempotencyConflict, http.StatusConflict)
+}
+
+// IsFinal reports whether err settles the request, so that sending it again is pointless: nil
+// (a success), or an answer that every resend would repeat, such as a refusal
+// (IsInsufficientFunds), invalid input, an unknown user or a reused uid. It is false when the
+// outcome is unknown (the connection failed, a 5xx or 429 came last, the retries gave up, the
+// context ended): resend the same request, with the same uid, until IsFinal holds.
+func IsFinal(err error) bool {
+	if err == nil {
+		return true
+	}
+	var e *Error
+	return errors.As(err, &e) && !errors.Is(err, ErrGaveUp) && !retryableStatus(e.Status)
 }

@@ -39,3 +39,31 @@ func Example() {
 		fmt.Println("balance after:", res.Transaction.BalanceAfter, "replayed:", res.Replayed)
 	}
 }
+
+// A consumer without NATS: it follows the feed from the cursor it stored, and stores the
+// next cursor in the same database transaction as the effects of each page.
+func ExampleClient_Follow() {
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	c := client.New("http://localhost:8000")
+	funded := map[int64]bool{} // stands for the consumer's database
+	lastSeq := map[int64]int64{}
+	cursor := "" // loaded from the consumer's database; "" the first time
+	cursor, err := c.Follow(ctx, cursor, func(_ context.Context, page client.EventPage) error {
+		for _, e := range page.Events {
+			if e.Data.Sequence <= lastSeq[e.Data.UserID] {
+				continue // a repeat or a late arrival
+			}
+			lastSeq[e.Data.UserID] = e.Data.Sequence
+			switch e.Type {
+			case client.EventBalanceFunded:
+				funded[e.Data.UserID] = true
+			case client.EventBalanceDepleted:
+				funded[e.Data.UserID] = false
+			}
+		}
+		// commit the effects together with page.Cursor here
+		return nil
+	})
+	log.Printf("stopped at cursor %q: %v", cursor, err)
+}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -26,12 +27,14 @@ import (
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // The whole path as separate processes: tally serve and tally relay on a fresh database, a
 // NATS server of the test's own (embedded in the test), and adengine on a database of its own. While transactions
 // go through the Go client, the relay and adengine are killed and restarted and NATS is down
-// for five seconds; duplicates are injected into the stream. Afterwards adengine must hold
+// for five seconds; duplicates, and another deployment's events for users 1 to 5, are injected
+// into the stream. Afterwards adengine must hold
 // exactly the users with funds, and exactly one effect per applied transaction.
 func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
@@ -58,9 +61,12 @@ func TestEndToEnd(t *testing.T) {
 		t.Cleanup(ns.Shutdown)
 		return ns
 	}
-	tallyEnv := []string{"DATABASE_URL=" + tallyURL, "NATS_URL=" + natsURL, "PORT=0", "ADMIN_PORT=0"}
+	// The stream is shared with another deployment (injectForeign) whose users have the same
+	// ids; the source tells the two apart.
+	source := "tally/e2e/" + filepath.Base(t.TempDir())
+	tallyEnv := []string{"DATABASE_URL=" + tallyURL, "NATS_URL=" + natsURL, "PORT=0", "ADMIN_PORT=0", "EVENT_SOURCE=" + source}
 	startRelay := func() *proc { return x.start("relay", tallyEnv, filepath.Join(x.bin, "tally"), "relay") }
-	engineEnv := []string{"ADENGINE_DATABASE_URL=" + engineURL, "NATS_URL=" + natsURL,
+	engineEnv := []string{"ADENGINE_DATABASE_URL=" + engineURL, "NATS_URL=" + natsURL, "TALLY_EVENT_SOURCE=" + source,
 		"ADENGINE_DURABLE=adengine-e2e", "ADENGINE_ACK_WAIT=3s"}
 	startEngine := func() *proc { return x.start("adengine", engineEnv, filepath.Join(x.bin, "adengine")) }
 
@@ -123,7 +129,9 @@ func TestEndToEnd(t *testing.T) {
 	}
 	wg.Wait()
 	require.False(t, t.Failed())
-	injected := x.injectDuplicates(natsURL, 60)
+	// Injected before the duplicates, so that once adengine has seen those it has seen these.
+	x.injectForeign(natsURL, accounts[:5])
+	injected := x.injectDuplicates(natsURL, source, 60)
 	t.Logf("%d transactions written and %d duplicate messages injected in %s", countTx(accounts), injected, time.Since(began).Round(time.Millisecond))
 
 	tallyDB, err := pgx.Connect(ctx, tallyURL)
@@ -336,16 +344,23 @@ func (x *e2e) output(name string) string {
 	return b.String()
 }
 
-// injectDuplicates publishes again, without a de-duplication id, up to max of the messages
-// adengine acts on: what a relay that republished after the duplicate window would do. It
-// returns how many it published.
-func (x *e2e) injectDuplicates(natsURL string, max int) int {
-	t := x.t
+// jetStream connects to NATS for the rest of the test.
+func (x *e2e) jetStream(natsURL string) jetstream.JetStream {
 	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1))
-	require.NoError(t, err)
-	defer nc.Close()
+	require.NoError(x.t, err)
+	x.t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	require.NoError(x.t, err)
+	return js
+}
+
+// injectDuplicates publishes again, without a de-duplication id, up to max of the messages
+// of the tally with that source that adengine acts on: what a relay that republished after the duplicate window would do. It
+// returns how many it published.
+func (x *e2e) injectDuplicates(natsURL, source string, max int) int {
+	t := x.t
+	js := x.jetStream(natsURL)
+	var err error
 	var stream jetstream.Stream
 	require.Eventually(t, func() bool {
 		stream, err = js.Stream(x.ctx, "TALLY")
@@ -357,8 +372,15 @@ func (x *e2e) injectDuplicates(natsURL string, max int) int {
 	}, 30*time.Second, 100*time.Millisecond, "the stream did not fill")
 	var n int
 	for seq := uint64(1); n < max; seq++ {
-		m, err := stream.GetMsg(x.ctx, seq)
-		require.NoError(t, err)
+		// The relay may still be publishing its backlog.
+		var m *jetstream.RawStreamMsg
+		require.Eventually(t, func() bool {
+			m, err = stream.GetMsg(x.ctx, seq)
+			return err == nil
+		}, 30*time.Second, 50*time.Millisecond, "stream message %d", seq)
+		if e, err := client.DecodeEvent(m.Data); err != nil || e.Source != source {
+			continue // another deployment's: adengine ignores those, duplicated or not
+		}
 		switch m.Subject {
 		case "tally.transaction.applied", "tally.balance.funded", "tally.balance.depleted":
 			_, err := js.Publish(x.ctx, m.Subject, m.Data)
@@ -367,6 +389,26 @@ func (x *e2e) injectDuplicates(natsURL string, max int) int {
 		}
 	}
 	return n
+}
+
+// injectForeign publishes what another deployment, with its own users of the same ids and
+// the default source of old, writes to a shared stream: for each account, an applied
+// transaction and the balance crossing opposite to the account's end, with sequences above
+// any the test reaches, so that a consumer that took them for its own would flip the flags.
+func (x *e2e) injectForeign(natsURL string, accounts []*account) {
+	t := x.t
+	js := x.jetStream(natsURL)
+	for _, a := range accounts {
+		crossing := ledger.EventBalanceFunded
+		if a.endFunded {
+			crossing = ledger.EventBalanceDepleted
+		}
+		for i, typ := range []ledger.EventType{ledger.EventTransactionApplied, crossing} {
+			body := sourcedEvent("tally", typ, a.id, 1_000_000+int64(i), uuid.New())
+			_, err := js.Publish(x.ctx, "tally."+string(typ), body)
+			require.NoError(t, err)
+		}
+	}
 }
 
 // proc is a running child process.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,13 +9,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-)
 
-// The event types the engine acts on, as they appear in the CloudEvents `type`.
-const (
-	typeFunded   = "tally.balance.funded"
-	typeDepleted = "tally.balance.depleted"
-	typeApplied  = "tally.transaction.applied"
+	"github.com/tally-ledger/tally/client"
 )
 
 // schema is the engine's own state. inbox holds the id of every event whose effect is
@@ -48,17 +42,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 // CREATE TABLE IF NOT EXISTS of one table can fail on the catalog's unique index.
 const schemaLockKey = 7_242_101
 
-// event is the part of a tally CloudEvent the engine reads.
-type event struct {
-	ID   uuid.UUID `json:"id"`
-	Type string    `json:"type"`
-	Data struct {
-		UserID   int64  `json:"user_id"`
-		Sequence int64  `json:"sequence"`
-		UID      string `json:"uid"`
-	} `json:"data"`
-}
-
 // outcome says what handling one delivery did.
 type outcome int
 
@@ -67,15 +50,19 @@ const (
 	outcomeDuplicate                // the event id was in the inbox: nothing changed
 	outcomeStale                    // a newer funded/depleted of the user came first: ignored
 	outcomeIgnored                  // a type the engine does not act on
+	outcomeForeign                  // another deployment's event, from a shared stream
 )
 
 // errPoison marks a message that no retry can handle: it is not a tally event.
-var errPoison = errors.New("not a tally event")
+var errPoison = errors.New("poison message")
 
 // engine keeps the set of users with funds, applying each event once.
 type engine struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	// source is the EVENT_SOURCE of the tally whose users these are. A stream can hold
+	// other deployments' events for the same user ids, and those must change nothing here.
+	source string
 }
 
 // createSchema creates the engine's tables if they do not exist.
@@ -96,18 +83,22 @@ func (e *engine) createSchema(ctx context.Context) error {
 // again, and the inbox row turns it into a no-op. At-least-once delivery plus this
 // idempotent effect is an effect exactly once.
 func (e *engine) handle(ctx context.Context, body []byte) (outcome, error) {
-	var ev event
-	if err := json.Unmarshal(body, &ev); err != nil {
+	ev, err := client.DecodeEvent(body)
+	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errPoison, err)
 	}
-	if ev.ID == uuid.Nil || ev.Data.UserID == 0 {
-		return 0, fmt.Errorf("%w: no id or user_id", errPoison)
+	eventID, err := uuid.Parse(ev.ID)
+	if err != nil {
+		return 0, fmt.Errorf("%w: id: %w", errPoison, err)
+	}
+	if ev.Source != e.source {
+		e.log.Debug("another deployment's event ignored", "event_id", ev.ID, "source", ev.Source)
+		return outcomeForeign, nil
 	}
 	var uid uuid.UUID
 	switch ev.Type {
-	case typeFunded, typeDepleted:
-	case typeApplied:
-		var err error
+	case client.EventBalanceFunded, client.EventBalanceDepleted:
+	case client.EventTransactionApplied:
 		if uid, err = uuid.Parse(ev.Data.UID); err != nil {
 			return 0, fmt.Errorf("%w: uid: %w", errPoison, err)
 		}
@@ -118,16 +109,16 @@ func (e *engine) handle(ctx context.Context, body []byte) (outcome, error) {
 	}
 
 	var result outcome
-	err := withTx(ctx, e.pool, func(tx pgx.Tx) error {
+	err = withTx(ctx, e.pool, func(tx pgx.Tx) error {
 		result = outcomeApplied
 		if _, err := tx.Exec(ctx, `INSERT INTO deliveries (event_id, count) VALUES ($1, 1)
-			ON CONFLICT (event_id) DO UPDATE SET count = deliveries.count + 1`, ev.ID); err != nil {
+			ON CONFLICT (event_id) DO UPDATE SET count = deliveries.count + 1`, eventID); err != nil {
 			return err
 		}
 		// The primary key settles a race between two engines handling one event: the
 		// second insert waits for the first transaction and then inserts nothing.
 		tag, err := tx.Exec(ctx, "INSERT INTO inbox (event_id, type) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
-			ev.ID, ev.Type)
+			eventID, ev.Type)
 		if err != nil {
 			return err
 		}
@@ -136,7 +127,7 @@ func (e *engine) handle(ctx context.Context, body []byte) (outcome, error) {
 			return nil
 		}
 		switch ev.Type {
-		case typeApplied:
+		case client.EventTransactionApplied:
 			// Counting, not a plain insert, so that a second effect would show.
 			_, err = tx.Exec(ctx, `INSERT INTO applied_seen (uid, effects) VALUES ($1, 1)
 				ON CONFLICT (uid) DO UPDATE SET effects = applied_seen.effects + 1`, uid)
@@ -147,7 +138,7 @@ func (e *engine) handle(ctx context.Context, body []byte) (outcome, error) {
 			tag, err := tx.Exec(ctx, `INSERT INTO funding (user_id, funded, sequence) VALUES ($1, $2, $3)
 				ON CONFLICT (user_id) DO UPDATE SET funded = excluded.funded, sequence = excluded.sequence
 				WHERE funding.sequence < excluded.sequence`,
-				ev.Data.UserID, ev.Type == typeFunded, ev.Data.Sequence)
+				ev.Data.UserID, ev.Type == client.EventBalanceFunded, ev.Data.Sequence)
 			if err != nil {
 				return err
 			}
@@ -161,9 +152,9 @@ func (e *engine) handle(ctx context.Context, body []byte) (outcome, error) {
 		return 0, err
 	}
 	switch {
-	case result == outcomeApplied && ev.Type == typeFunded:
+	case result == outcomeApplied && ev.Type == client.EventBalanceFunded:
 		e.log.Info(fmt.Sprintf("start campaigns for user %d", ev.Data.UserID), "user_id", ev.Data.UserID, "sequence", ev.Data.Sequence)
-	case result == outcomeApplied && ev.Type == typeDepleted:
+	case result == outcomeApplied && ev.Type == client.EventBalanceDepleted:
 		e.log.Info(fmt.Sprintf("stop campaigns for user %d", ev.Data.UserID), "user_id", ev.Data.UserID, "sequence", ev.Data.Sequence)
 	case result == outcomeStale:
 		e.log.Info("stale event ignored", "event_id", ev.ID, "type", ev.Type, "user_id", ev.Data.UserID, "sequence", ev.Data.Sequence)

@@ -21,20 +21,28 @@ func setupEngine(t *testing.T) *engine {
 	pool, err := pgxpool.New(context.Background(), pgtest.NewDatabase(t))
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	e := &engine{pool: pool, log: slog.New(slog.NewJSONHandler(io.Discard, nil))}
+	e := &engine{pool: pool, log: slog.New(slog.NewJSONHandler(io.Discard, nil)), source: testSource}
 	require.NoError(t, e.createSchema(t.Context()))
 	require.NoError(t, e.createSchema(t.Context()), "creating the tables again is a no-op")
 	return e
 }
 
+// testSource is the EVENT_SOURCE of the engine's tally in these tests.
+const testSource = "tally/engine-test"
+
 // cloudEvent is the body tally's relay publishes for an event of the user.
 func cloudEvent(typ ledger.EventType, userID, seq int64, uid uuid.UUID) []byte {
+	return sourcedEvent(testSource, typ, userID, seq, uid)
+}
+
+// sourcedEvent is the body the relay of the tally with that EVENT_SOURCE publishes.
+func sourcedEvent(source string, typ ledger.EventType, userID, seq int64, uid uuid.UUID) []byte {
 	data := ledger.EventData{UserID: userID, Sequence: seq, Balance: 100}
 	if uid != uuid.Nil {
 		data.UID = uid.String()
 	}
 	return ledger.Event{ID: uuid.Must(uuid.NewV7()), Type: typ, UserID: userID, Seq: seq, Time: time.Now(), Data: data}.
-		CloudEvent("tally")
+		CloudEvent(source)
 }
 
 func TestRedeliveryTakesEffectOnce(t *testing.T) {
@@ -104,6 +112,39 @@ func TestOtherEventsAndPoison(t *testing.T) {
 	require.Zero(t, n)
 }
 
+// Another deployment's events on a shared stream, for the same user ids, change nothing: not
+// the funded flags, not the inbox, not the applied transactions.
+func TestOtherDeploymentsEventsAreIgnored(t *testing.T) {
+	e := setupEngine(t)
+	ctx := t.Context()
+	steps := []struct {
+		name   string
+		body   []byte
+		want   outcome
+		funded []int64
+	}{
+		{"ours funds user 4", cloudEvent(ledger.EventBalanceFunded, 4, 3, uuid.Nil), outcomeApplied, []int64{4}},
+		{"theirs depletes user 4", sourcedEvent("tally", ledger.EventBalanceDepleted, 4, 9, uuid.Nil), outcomeForeign, []int64{4}},
+		{"theirs funds user 5", sourcedEvent("tally/other", ledger.EventBalanceFunded, 5, 2, uuid.Nil), outcomeForeign, []int64{4}},
+		{"theirs applies to user 5", sourcedEvent("tally/other", ledger.EventTransactionApplied, 5, 3, uuid.New()), outcomeForeign, []int64{4}},
+		{"ours depletes user 4", cloudEvent(ledger.EventBalanceDepleted, 4, 5, uuid.Nil), outcomeApplied, nil},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			got, err := e.handle(ctx, s.body)
+			require.NoError(t, err)
+			require.Equal(t, s.want, got)
+			users, err := e.fundedUsers(ctx)
+			require.NoError(t, err)
+			require.ElementsMatch(t, s.funded, users)
+		})
+	}
+	var inbox, effects int
+	require.NoError(t, e.pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM applied_seen)").Scan(&inbox, &effects))
+	require.Equal(t, 2, inbox)
+	require.Zero(t, effects)
+}
+
 func TestServerAtLeast(t *testing.T) {
 	t.Parallel()
 	for v, want := range map[string]bool{"2.9.10": false, "2.10.0": true, "2.15.2": true, "3.0.0": true, "1.20": false, "": false, "x.y": false} {
@@ -114,9 +155,12 @@ func TestServerAtLeast(t *testing.T) {
 func TestConfig(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{"ADENGINE_DATABASE_URL": "postgres://x"}
+	_, err := loadConfig(func(k string) string { return env[k] })
+	require.ErrorContains(t, err, "TALLY_EVENT_SOURCE")
+	env["TALLY_EVENT_SOURCE"] = "tally/1/x"
 	cfg, err := loadConfig(func(k string) string { return env[k] })
 	require.NoError(t, err)
-	require.Equal(t, config{databaseURL: "postgres://x", natsURL: "nats://127.0.0.1:4222", stream: "TALLY",
+	require.Equal(t, config{databaseURL: "postgres://x", eventSource: "tally/1/x", natsURL: "nats://127.0.0.1:4222", stream: "TALLY",
 		subjectPrefix: "tally", durable: "adengine", ackWait: 30 * time.Second}, cfg)
 	env["ADENGINE_ACK_WAIT"] = "10ms"
 	_, err = loadConfig(func(k string) string { return env[k] })

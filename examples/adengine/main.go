@@ -6,9 +6,15 @@
 // event id, and acked only after that commit: JetStream delivers at least once, the inbox
 // of event ids makes a repeat harmless, so every event takes effect exactly once.
 //
+// A stream may be shared with other tally deployments whose users have the same ids, so the
+// engine acts only on events whose CloudEvents source is its tally's (TALLY_EVENT_SOURCE) and
+// acks the others without effect.
+//
 // Environment:
 //
 //	ADENGINE_DATABASE_URL    the engine's own PostgreSQL database (required)
+//	TALLY_EVENT_SOURCE       the source of the tally whose events to act on: that tally's
+//	                         EVENT_SOURCE, or the source its events carry (required)
 //	NATS_URL                 default nats://127.0.0.1:4222
 //	ADENGINE_STREAM          the stream tally's relay publishes to; default TALLY
 //	ADENGINE_SUBJECT_PREFIX  the relay's subject prefix; default tally
@@ -47,6 +53,7 @@ func main() {
 
 type config struct {
 	databaseURL   string
+	eventSource   string
 	natsURL       string
 	stream        string
 	subjectPrefix string
@@ -57,6 +64,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		databaseURL:   getenv("ADENGINE_DATABASE_URL"),
+		eventSource:   getenv("TALLY_EVENT_SOURCE"),
 		natsURL:       cmp.Or(getenv("NATS_URL"), nats.DefaultURL),
 		stream:        cmp.Or(getenv("ADENGINE_STREAM"), "TALLY"),
 		subjectPrefix: cmp.Or(getenv("ADENGINE_SUBJECT_PREFIX"), "tally"),
@@ -65,6 +73,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if cfg.databaseURL == "" {
 		return cfg, errors.New("ADENGINE_DATABASE_URL is not set")
+	}
+	if cfg.eventSource == "" {
+		return cfg, errors.New("TALLY_EVENT_SOURCE is not set: give the source of your tally's events, so that another deployment's events on the same stream are ignored")
 	}
 	if v := getenv("ADENGINE_ACK_WAIT"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -87,7 +98,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	defer pool.Close()
-	e := &engine{pool: pool, log: log}
+	e := &engine{pool: pool, log: log, source: cfg.eventSource}
 	if err := e.createSchema(ctx); err != nil {
 		return fmt.Errorf("create tables: %w", err)
 	}
@@ -107,7 +118,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("adengine started", "stream", cfg.stream, "durable", cfg.durable)
+	log.Info("adengine started", "stream", cfg.stream, "durable", cfg.durable, "source", cfg.eventSource)
 	consume(ctx, e, nc, js, cfg, log)
 	log.Info("adengine stopped")
 	return nil
