@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode"
@@ -114,8 +115,14 @@ type manifests struct {
 
 // render builds an overlay in process with the kustomize library that `kustomize build` (and
 // `kubectl kustomize`) is made of, and decodes every object strictly into its Kubernetes type.
+// kustomizeMu serializes kustomize runs: the library keeps shared state that two runs at once
+// race on (seen under -race), so parallel tests render one at a time.
+var kustomizeMu sync.Mutex
+
 func render(t *testing.T, overlay string) manifests {
 	t.Helper()
+	kustomizeMu.Lock()
+	defer kustomizeMu.Unlock()
 	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).
 		Run(filesys.MakeFsOnDisk(), "k8s/overlays/"+overlay)
 	require.NoError(t, err)

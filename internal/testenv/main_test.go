@@ -16,8 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
-
-	"github.com/tally-ledger/tally/internal/devenv"
 )
 
 // TestMain doubles as the command testenv runs in these tests: with TESTENV_CHILD set, the
@@ -76,9 +74,15 @@ func environ(extra ...string) []string {
 // silentAddr is a local address where nothing listens.
 func silentAddr(t *testing.T) string {
 	t.Helper()
-	port, err := devenv.FreePort(context.Background())
-	require.NoError(t, err)
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	// Port 1 (tcpmux) is privileged and unused, so no test's server can take it between the
+	// check below and the probe, as a free ephemeral port could be taken under load.
+	const addr = "127.0.0.1:1"
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		conn.Close() //nolint:errcheck // only the answer mattered
+	}
+	require.Error(t, err, "something listens on %s", addr)
+	return addr
 }
 
 // On a bare machine nothing answers on :5432 or :4222; the probes point at ports where
