@@ -3,6 +3,7 @@ package httpapi
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -31,12 +32,20 @@ type eventsJSON struct {
 // handleEvents serves the event feed: events in stream order after a cursor, long-polling up
 // to ?wait= seconds when there are none yet. A consumer that resumes from its last
 // `next_cursor` sees every event exactly once.
-func handleEvents(store Store, log *slog.Logger) http.Handler {
+func handleEvents(store Store, log *slog.Logger, health *Health) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		after, given, limit, wait, err := parseEventsQuery(r)
-		if err == nil && given {
+		switch {
+		case err != nil:
+		case given:
 			// Also the first cursor: a reader handed it by an empty feed has read nothing since.
 			err = store.CheckEventCursor(r.Context(), after)
+			var e *ledger.Error
+			if errors.As(err, &e) && !r.URL.Query().Has("cursor") {
+				e.Field = "after" // the name the client used
+			}
+		default:
+			after, err = store.EventStart(r.Context())
 		}
 		if err != nil {
 			writeError(w, r, log, err)
@@ -54,7 +63,8 @@ func handleEvents(store Store, log *slog.Logger) http.Handler {
 				writeError(w, r, log, err)
 				return
 			}
-			if len(events) > 0 || !time.Now().Before(deadline) {
+			// A server shutting down answers at once, so long polls do not hold up its drain.
+			if len(events) > 0 || !time.Now().Before(deadline) || health.ShuttingDown() {
 				body := eventsJSON{Events: make([]json.RawMessage, 0, len(events)), NextCursor: encodeEventCursor(after)}
 				for _, e := range events {
 					body.Events = append(body.Events, e.Body)

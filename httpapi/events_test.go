@@ -90,7 +90,7 @@ func TestFeedCursor(t *testing.T) {
 		{name: "a position never handed out", query: "cursor=" + feedCursor(ledger.EventCursor{TxID: events[2].Cursor.TxID, Position: events[2].Cursor.Position + 1}),
 			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
 		{name: "ahead, under the old parameter name", query: "after=" + feedCursor(ledger.EventCursor{TxID: 1 << 40, Position: 1}),
-			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
+			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "after"},
 	})
 }
 
@@ -135,5 +135,48 @@ func TestFeedCursorBeforePrunedEvents(t *testing.T) {
 		{name: "a cursor among the pruned events", query: "cursor=" + feedCursor(events[0].Cursor), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired", wantField: "cursor"},
 		{name: "the last pruned event's cursor", query: "cursor=" + feedCursor(events[1].Cursor), wantStatus: 200, wantEvents: 1, wantNext: last},
 		{name: "no cursor reads what is kept", query: "", wantStatus: 200, wantEvents: 1, wantNext: last},
+		{name: "after names itself in the problem", query: "after=" + feedCursor(ledger.EventCursor{}), wantStatus: 410, wantType: "urn:tally:problem:cursor-expired", wantField: "after"},
 	})
+}
+
+// With every event pruned, a reader that starts without a cursor gets an empty page whose
+// cursor it can read on from, not a cursor the feed then refuses as expired.
+func TestFeedStartsAfterPrunedEvents(t *testing.T) {
+	t.Parallel()
+	db, base, events := feedFixture(t)
+	_, err := db.PruneEvents(context.Background(), time.Now().Add(time.Hour), events[2].Cursor)
+	require.NoError(t, err)
+	start := feedCursor(events[2].Cursor)
+	runFeedCases(t, base, []feedCase{
+		{name: "no cursor starts after the pruned events", query: "", wantStatus: 200, wantNext: start},
+		{name: "that cursor reads on", query: "cursor=" + start, wantStatus: 200, wantNext: start},
+	})
+}
+
+// A server that is shutting down answers a long poll at once, so the poll does not hold up
+// its drain.
+func TestFeedLongPollEndsOnShutdown(t *testing.T) {
+	t.Parallel()
+	db, _ := pgtest.NewDB(t)
+	health := &httpapi.Health{}
+	srv := httptest.NewServer(httpapi.NewServer(db, httpapi.NewLogger(io.Discard, 0), health))
+	t.Cleanup(srv.Close)
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(srv.URL + "/v1/events?wait=30")
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close() //nolint:errcheck // only the status matters
+		answered <- resp.StatusCode
+	}()
+	time.Sleep(300 * time.Millisecond) // the poll is waiting
+	health.ShutDown()
+	select {
+	case status := <-answered:
+		require.Equal(t, http.StatusOK, status)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the long poll did not end when the server began to shut down")
+	}
 }

@@ -26,6 +26,7 @@ type Store interface {
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
 	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
+	EventStart(ctx context.Context) (ledger.EventCursor, error)
 	Ready(ctx context.Context) error
 }
 

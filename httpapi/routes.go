@@ -22,7 +22,7 @@ func routes(store Store, log *slog.Logger, health *Health, m *Metrics) []route {
 		{"POST", "/v1/transaction", handleCreateTransaction(store, log, m)},
 		{"PUT", "/v1/transaction", handleCreateTransaction(store, log, m)},
 		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
-		{"GET", "/v1/events", handleEvents(store, log)},
+		{"GET", "/v1/events", handleEvents(store, log, health)},
 		{"GET", "/healthz", handleHealthz()},
 		{"GET", "/readyz", ReadyHandler(health, log, func(ctx context.Context) error { return store.Ready(ctx) })},
 		{"GET", "/api/openapi.json", handleOpenAPI()},

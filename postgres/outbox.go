@@ -75,6 +75,15 @@ func (db *DB) PruneEvents(ctx context.Context, olderThan time.Time, published le
 	return n, err
 }
 
+// EventStart is where a reader without a cursor begins: after the last pruned event, so that
+// the cursor of its first page, even an empty one, is never refused as expired.
+func (db *DB) EventStart(ctx context.Context) (c ledger.EventCursor, err error) {
+	defer func() { err = dbErr(err) }()
+	err = db.pool.QueryRow(ctx, `SELECT COALESCE(max(txid::text::bigint), 0), COALESCE(max(position), 0) FROM outbox_pruned`).
+		Scan(&c.TxID, &c.Position)
+	return c, err
+}
+
 // CheckEventCursor refuses a feed cursor that reading from would silently skip events: one
 // ahead of anything this database has written (a cursor from another database, or from
 // before a restore), and one before events that pruning has deleted.
