@@ -26,14 +26,20 @@ var (
 // without one (UTC), a date alone (00:00 UTC), or day-first "5.05.2022 00:00". The result is
 // in UTC and truncated to the microsecond, the precision the database keeps.
 func ParseTime(field, s string) (time.Time, error) {
-	bad := func(why string) (time.Time, error) {
-		return time.Time{}, Invalid(field, fmt.Sprintf("%s %q %s; use RFC 3339 such as \"2023-01-30T00:00:00Z\", a date such as \"2023-01-30\", or \"5.05.2022 00:00\"", field, Clip(s), why))
+	t, _, err := parseInstant(field, s)
+	return t, err
+}
+
+// parseInstant is ParseTime that also says whether s was a date alone, without a time.
+func parseInstant(field, s string) (_ time.Time, dateOnly bool, _ error) {
+	bad := func(why string) (time.Time, bool, error) {
+		return time.Time{}, false, Invalid(field, fmt.Sprintf("%s %q %s; use RFC 3339 such as \"2023-01-30T00:00:00Z\", a date such as \"2023-01-30\", or \"5.05.2022 00:00\"", field, Clip(s), why))
 	}
 	var year, month, day, hour, minute, second, nanos, offset int
 	if m := isoPattern.FindStringSubmatch(s); m != nil {
 		year, month, day = atoi(m[1]), atoi(m[2]), atoi(m[3])
 		hour, minute, second = atoi(m[4]), atoi(m[5]), atoi(m[6])
-		nanos = fraction(m[7])
+		nanos, dateOnly = fraction(m[7]), m[4] == ""
 		if zone := m[8]; zone != "" && zone != "Z" && zone != "z" {
 			sign := 1
 			if zone[0] == '-' {
@@ -55,9 +61,9 @@ func ParseTime(field, s string) (time.Time, error) {
 	} else if m := dayFirstPattern.FindStringSubmatch(s); m != nil {
 		day, month, year = atoi(m[1]), atoi(m[2]), atoi(m[3])
 		hour, minute, second = atoi(m[4]), atoi(m[5]), atoi(m[6])
-		nanos = fraction(m[7])
+		nanos, dateOnly = fraction(m[7]), m[4] == ""
 	} else if s == "" {
-		return time.Time{}, Invalid(field, field+" is empty")
+		return time.Time{}, false, Invalid(field, field+" is empty")
 	} else {
 		return bad("is not a timestamp")
 	}
@@ -72,22 +78,16 @@ func ParseTime(field, s string) (time.Time, error) {
 	if t.Year() < 1 || t.Year() > 9999 {
 		return bad("is outside the years 1 to 9999 in UTC")
 	}
-	return t, nil
+	return t, dateOnly, nil
 }
 
 // ParseRangeEnd reads the end of a time range, which is inclusive: an instant in any form
 // ParseTime accepts, or a date alone, which covers that whole day (up to the next midnight
 // UTC, exclusive). "to=2023-12-31" must not leave out all of 31 December but its first instant.
 func ParseRangeEnd(field, s string) (time.Time, error) {
-	t, err := ParseTime(field, s)
-	if err != nil {
+	t, dateOnly, err := parseInstant(field, s)
+	if err != nil || !dateOnly {
 		return t, err
-	}
-	if m := isoPattern.FindStringSubmatch(s); m != nil && m[4] != "" {
-		return t, nil
-	}
-	if m := dayFirstPattern.FindStringSubmatch(s); m != nil && m[4] != "" {
-		return t, nil
 	}
 	// Instants are kept to the microsecond, so the last one of the day is the inclusive end.
 	return t.AddDate(0, 0, 1).Add(-time.Microsecond), nil
