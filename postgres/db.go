@@ -102,22 +102,33 @@ func (db *DB) Ready(ctx context.Context) error {
 // maxAttempts bounds retries of serialization failures and deadlocks.
 const maxAttempts = 5
 
-// withTx runs fn in one read-committed transaction and commits it. Serialization failures
-// and deadlocks are retried with a short backoff; inside fn only tx may be used, because a
-// query on the pool while holding a transaction can exhaust the pool.
-func (db *DB) withTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	var err error
-	for attempt := 1; ; attempt++ {
-		err = db.runTx(ctx, fn)
-		if !retryable(err) || attempt == maxAttempts {
-			return err
+// retry runs one attempt after another, at most maxAttempts: serialization failures and
+// deadlocks are retried after a short backoff, and, when retryUnique is set, a unique
+// violation at once: another request with the same key committed first, and the next
+// attempt reads its row. It is the write paths' one retry loop.
+func retry[T any](ctx context.Context, retryUnique bool, attempt func() (T, error)) (T, error) {
+	for n := 1; ; n++ {
+		out, err := attempt()
+		switch {
+		case n == maxAttempts:
+		case retryUnique && isUniqueViolation(err):
+			continue
+		case retryable(err):
+			if !sleep(ctx, time.Duration(n*n)*5*time.Millisecond) {
+				return out, errors.Join(err, ctx.Err())
+			}
+			continue
 		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(time.Duration(attempt*attempt) * 5 * time.Millisecond):
-		}
+		return out, err
 	}
+}
+
+// withTx runs fn in one read-committed transaction and commits it, retried as retry does;
+// inside fn only tx may be used, because a query on the pool while holding a transaction can
+// exhaust the pool.
+func (db *DB) withTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	_, err := retry(ctx, false, func() (struct{}, error) { return struct{}{}, db.runTx(ctx, fn) })
+	return err
 }
 
 func (db *DB) runTx(ctx context.Context, fn func(pgx.Tx) error) error {

@@ -30,17 +30,12 @@ func (db *DB) CreateUser(ctx context.Context, name string) (u ledger.User, err e
 // and is rolled back, user included, and its next attempt reads the winner's answer.
 func (db *DB) CreateUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (out ledger.UserOutcome, err error) {
 	defer func() { err = dbErr(err) }()
-	for attempt := 1; ; attempt++ {
-		out, err = db.createUserOnce(ctx, key, name, render)
-		if isUniqueViolation(err) && attempt < maxAttempts {
-			continue
-		}
-		return out, err
-	}
+	return retry(ctx, true, func() (ledger.UserOutcome, error) { return db.createUserOnce(ctx, key, name, render) })
 }
 
+// createUserOnce is one attempt, in one transaction.
 func (db *DB) createUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (out ledger.UserOutcome, err error) {
-	err = db.withTx(ctx, func(tx pgx.Tx) error {
+	err = db.runTx(ctx, func(tx pgx.Tx) error {
 		var storedName string
 		err := tx.QueryRow(ctx, "SELECT name, user_id, response_status, response_body FROM user_requests WHERE key = $1", key).
 			Scan(&storedName, &out.User.ID, &out.Reply.Status, &out.Reply.Body)
@@ -143,21 +138,9 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 // idempotency conflict if the body differs.
 func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (_ ledger.Outcome, err error) {
 	defer func() { err = dbErr(err) }()
-	for attempt := 1; ; attempt++ {
-		out, err := db.apply(ctx, req, render)
-		switch {
-		case isUniqueViolation(err) && attempt < maxAttempts:
-			// Another request with this uid committed first, for another user (same-user
-			// duplicates queue on the row lock instead). The next attempt finds its row.
-			continue
-		case retryable(err) && attempt < maxAttempts:
-			if !sleep(ctx, time.Duration(attempt*attempt)*5*time.Millisecond) {
-				return out, errors.Join(err, ctx.Err())
-			}
-			continue
-		}
-		return out, err
-	}
+	// A unique violation means another request with this uid committed first, for another
+	// user (same-user duplicates queue on the user's locks instead).
+	return retry(ctx, true, func() (ledger.Outcome, error) { return db.apply(ctx, req, render) })
 }
 
 // apply is one attempt. Its transaction costs two round trips: BEGIN travels with the first
