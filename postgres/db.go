@@ -22,6 +22,8 @@ import (
 type DB struct {
 	pool        *pgxpool.Pool
 	eventSource string
+	batcher     *batcher // nil when write batching is off
+	metrics     batchMetrics
 }
 
 // DefaultEventSource is the source of events until SetEventSource changes it; tally serve
@@ -49,11 +51,16 @@ func (db *DB) DatabaseEventSource(ctx context.Context) (string, error) {
 }
 
 // Option configures Open.
-type Option func(*pgxpool.Config)
+type Option func(*options)
+
+type options struct {
+	pool              *pgxpool.Config
+	batchMax, workers int
+}
 
 // WithTracing makes an OpenTelemetry span of every query and batch.
 func WithTracing() Option {
-	return func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = tracer{} }
+	return func(o *options) { o.pool.ConnConfig.Tracer = tracer{} }
 }
 
 // Open connects a pool to databaseURL. Pool size and timeouts come from the URL's
@@ -63,8 +70,9 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
 	}
+	o := options{pool: cfg, batchMax: DefaultWriteBatchMax, workers: DefaultWriteWorkers}
 	for _, opt := range opts {
-		opt(cfg)
+		opt(&o)
 	}
 	if cfg.ConnConfig.RuntimeParams == nil {
 		cfg.ConnConfig.RuntimeParams = map[string]string{}
@@ -77,11 +85,21 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &DB{pool: pool, eventSource: DefaultEventSource}, nil
+	db := &DB{pool: pool, eventSource: DefaultEventSource, metrics: newBatchMetrics()}
+	if o.batchMax > 1 && o.workers > 0 {
+		db.batcher = newBatcher(db, o.batchMax, o.workers)
+	}
+	return db, nil
 }
 
-// Close waits for connections in use to be released and closes the pool.
-func (db *DB) Close() { db.pool.Close() }
+// Close stops the write workers once their batches are done, then waits for connections in
+// use to be released and closes the pool.
+func (db *DB) Close() {
+	if db.batcher != nil {
+		db.batcher.close()
+	}
+	db.pool.Close()
+}
 
 // Pool exposes the pool for metrics and tests.
 func (db *DB) Pool() *pgxpool.Pool { return db.pool }

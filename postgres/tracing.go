@@ -50,3 +50,21 @@ func end(ctx context.Context, err error) {
 	}
 	span.End()
 }
+
+// batchContext is the context a batch of writes runs in. It outlives the members' requests
+// and, when they are traced, carries a span under the first member's with a link to each.
+func batchContext(batch []*writeRequest) (context.Context, func()) {
+	ctx := context.WithoutCancel(batch[0].ctx)
+	var links []trace.Link
+	for _, w := range batch {
+		if sc := trace.SpanContextFromContext(w.ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if len(links) == 0 {
+		return ctx, func() {}
+	}
+	ctx, span := otelTracer.Start(ctx, "postgres.write_batch", trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("tally.write_batch.size", len(batch))))
+	return ctx, func() { span.End() }
+}

@@ -110,6 +110,8 @@ type config struct {
 	host            string // API listen address; empty: all interfaces
 	port            string
 	maxConnections  int // open connections the API serves at once
+	writeBatchMax   int // most transaction requests recorded in one database transaction; 1: no batching
+	writeWorkers    int // batches recorded at once
 	migrateOnStart  bool
 	shutdownDelay   time.Duration
 	shutdownTimeout time.Duration
@@ -134,6 +136,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		host:            getenv("HOST"),
 		port:            "8000",
 		maxConnections:  httpapi.DefaultMaxConnections,
+		writeBatchMax:   postgres.DefaultWriteBatchMax,
+		writeWorkers:    postgres.DefaultWriteWorkers,
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
 		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
@@ -151,12 +155,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		cfg.port = p
 	}
-	if v := getenv("MAX_CONNECTIONS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return cfg, fmt.Errorf("MAX_CONNECTIONS %q is not a positive integer", v)
+	for _, c := range []struct {
+		name string
+		dest *int
+	}{{"MAX_CONNECTIONS", &cfg.maxConnections}, {"WRITE_BATCH_MAX", &cfg.writeBatchMax}, {"WRITE_WORKERS", &cfg.writeWorkers}} {
+		if v := getenv(c.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return cfg, fmt.Errorf("%s %q is not a positive integer", c.name, v)
+			}
+			*c.dest = n
 		}
-		cfg.maxConnections = n
 	}
 	cfg.adminPort, cfg.adminPortSet = cmp.Or(getenv("ADMIN_PORT"), "9090"), getenv("ADMIN_PORT") != ""
 	if n, err := strconv.Atoi(cfg.adminPort); err != nil || n < 0 || n > 65535 {
@@ -221,7 +230,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 	defer db.Close()
 	reg := newRegistry()
-	reg.MustRegister(db.PoolCollector())
+	reg.MustRegister(db.PoolCollector(), db.WriteCollector())
 	if cfg.relay {
 		r, nc, err := newRelay(cfg, db, log)
 		if err != nil {
@@ -289,7 +298,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 }
 
 func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
-	var opts []postgres.Option
+	opts := []postgres.Option{postgres.WithWriteBatching(cfg.writeBatchMax, cfg.writeWorkers)}
 	if cfg.tracing {
 		opts = append(opts, postgres.WithTracing())
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/tally-ledger/tally/httpapi"
 	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/postgres"
 )
 
 // On shutdown readiness fails first, a request in flight still completes, then serve returns.
@@ -169,6 +170,8 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"NATS_SUBJECT_PREFIX": "tally."},
 		{"MAX_CONNECTIONS": "0"},
 		{"MAX_CONNECTIONS": "many"},
+		{"WRITE_BATCH_MAX": "0"},
+		{"WRITE_WORKERS": "-1"},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
@@ -180,9 +183,14 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.Equal(t, "TALLY", cfg.natsStream)
 	require.Equal(t, "tally", cfg.subjectPrefix)
 	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
-	cfg, err = loadConfig(func(k string) string { return map[string]string{"MAX_CONNECTIONS": "50"}[k] })
+	require.Equal(t, postgres.DefaultWriteBatchMax, cfg.writeBatchMax)
+	cfg, err = loadConfig(func(k string) string {
+		return map[string]string{"MAX_CONNECTIONS": "50", "WRITE_BATCH_MAX": "1", "WRITE_WORKERS": "2"}[k]
+	})
 	require.NoError(t, err)
 	require.Equal(t, 50, cfg.maxConnections)
+	require.Equal(t, 1, cfg.writeBatchMax)
+	require.Equal(t, 2, cfg.writeWorkers)
 }
 
 func TestRunNeedsACommand(t *testing.T) {

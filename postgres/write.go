@@ -1,0 +1,373 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// The write path records transaction requests in three steps over one pipelined database
+// transaction: load the locked state of every user the requests name (one round trip), decide
+// each request in arrival order with ledger.Decide, carrying each user's state forward in
+// memory, and write every row, stored answer, event and user update in one statement with the
+// COMMIT (the second round trip). A request alone is a batch of one; batcher.go groups
+// concurrent requests into larger batches.
+
+// lockUsersSQL queues on each user's advisory lock, in the order given (ascending ids, so that
+// two batches never wait on each other in a cycle). The advisory lock comes before the row
+// lock because taking it gives the transaction no id: the row lock does, so each write to a
+// user gets its transaction id only once the previous one committed, and the outbox's
+// transaction order is each user's sequence order.
+const lockUsersSQL = `SELECT pg_advisory_xact_lock(k.high, k.low) FROM unnest($1::int4[], $2::int4[]) AS k(high, low)`
+
+// lockUserRowsSQL locks the users' rows in id order and reads what Decide needs. Read
+// committed gives it, and the uid lookup after it, a snapshot taken once the advisory locks
+// are held, so they see a write or a duplicate uid that committed while the batch waited.
+const lockUserRowsSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users
+	WHERE id = ANY($1) ORDER BY id FOR UPDATE`
+
+const findUIDsSQL = "SELECT " + txColumns + ", response_status, response_body FROM transactions WHERE uid = ANY($1)"
+
+// backDatedStateSQL reads what a back-dated request needs beyond the user's row: the balance
+// at its instant and the range of the later balances it would move.
+const backDatedStateSQL = "SELECT " + balanceAtSQL + ", min(balance_after), max(balance_after) " +
+	"FROM transactions WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2"
+
+// shiftLaterSQL moves every later applied transaction's balance by a back-dated one's amount.
+// Decide checked that none goes negative; the CHECK constraint is the backstop.
+const shiftLaterSQL = `UPDATE transactions SET balance_after = balance_after + $3
+	WHERE user_id = $1 AND status = 'APPLIED' AND ts > $2`
+
+// writeSQL stores a batch's transactions with their answers, their events and the users' new
+// state in one statement: PostgreSQL's work per statement, not per row, is what a write
+// mostly costs. Outbox positions follow the array order, which keeps each user's events in
+// sequence order.
+const writeSQL = `WITH stored AS (
+		INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
+			reason, balance_after, response_status, response_body, created_at)
+		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+			$6::timestamptz[], $7::boolean[], $8::text[], $9::text[], $10::bigint[], $11::smallint[],
+			$12::bytea[], $13::timestamptz[])),
+	events AS (
+		INSERT INTO outbox (id, user_id, user_seq, type, event)
+		SELECT e.id, e.user_id, e.seq, e.type, e.body::json
+		FROM unnest($14::uuid[], $15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS e(id, user_id, seq, type, body))
+	UPDATE users SET balance = u.balance, last_seq = u.last_seq, last_ts = u.last_ts, event_seq = u.event_seq
+	FROM unnest($19::bigint[], $20::bigint[], $21::bigint[], $22::timestamptz[], $23::bigint[])
+		AS u(id, balance, last_seq, last_ts, event_seq)
+	WHERE users.id = u.id`
+
+// writeRequest is one transaction request on its way through the write path, and, once a
+// batch holding it committed, its answer.
+type writeRequest struct {
+	req    ledger.Request
+	render func(ledger.Transaction) ledger.Reply
+
+	out ledger.Outcome
+	err error // the request's own refusal (not found, idempotency conflict) or the batch's failure
+	// alone is set when the request cannot be decided inside a larger batch (it is back-dated
+	// against its user's state there, or the batch failed for a reason one member may cause):
+	// its caller records it again as a batch of one.
+	alone bool
+
+	// Set by the batcher.
+	ctx      context.Context
+	enqueued time.Time
+	done     chan struct{}
+}
+
+// Apply records a transaction request exactly once. Under the user's locks it reads the state
+// the rule needs, decides with ledger.Decide, and stores the row, its answer, its events and
+// the new balance in one database transaction, usually together with concurrent requests
+// (batcher.go). A uid seen before gets its first answer back, or an idempotency conflict if
+// the body differs.
+func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error) {
+	w := &writeRequest{req: req, render: render}
+	if db.batcher != nil {
+		if err := db.batcher.submit(ctx, w); err != nil {
+			return ledger.Outcome{}, dbErr(err)
+		}
+		if !w.alone {
+			return w.out, dbErr(w.err)
+		}
+		*w = writeRequest{req: req, render: render}
+	}
+	db.record(ctx, []*writeRequest{w})
+	return w.out, dbErr(w.err)
+}
+
+// record runs a batch to its end: every member gets an answer, an error, or, in a batch of
+// several, alone. An attempt that fails on a lost connection, a serialization failure or a
+// deadlock is retried whole (retry). A unique violation means another transaction committed
+// one of the uids first; the retry reads it and answers that member as a replay or a
+// conflict, so its neighbours go on. Any other failure could be one member's doing: each
+// member is then recorded alone, so that only the culprit fails.
+func (db *DB) record(ctx context.Context, batch []*writeRequest) {
+	_, err := retry(ctx, true, func() (struct{}, error) {
+		for _, w := range batch {
+			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
+		}
+		return struct{}{}, db.recordOnce(ctx, batch)
+	})
+	if err == nil {
+		return
+	}
+	alone := len(batch) > 1 && ledger.ErrorCode(dbErr(err)) != ledger.CodeUnavailable
+	for _, w := range batch {
+		w.out, w.err, w.alone = ledger.Outcome{}, err, alone
+	}
+}
+
+// userState is a user's locked state, carried forward in memory through a batch.
+type userState struct {
+	ledger.UserState
+	eventSeq int64 // the user's last event sequence number
+	changed  bool
+}
+
+// recordOnce is one attempt at a batch, in one database transaction of two round trips (three
+// for a back-dated request alone).
+func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest) error {
+	return db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
+		users, stored, err := loadState(ctx, tx, batch)
+		if err != nil {
+			return err
+		}
+		var writes writeSet
+		seen := make(map[uuid.UUID]*writeRequest, len(batch))
+		for _, w := range batch {
+			if err := db.decide(ctx, tx, w, users, stored, seen, len(batch) == 1, &writes); err != nil {
+				return err
+			}
+		}
+		for id, u := range users {
+			if u.changed {
+				writes.user(id, u)
+			}
+		}
+		return tx.commit(ctx, writes.queue(&pgx.Batch{}))
+	})
+}
+
+// loadState takes the locks of every user in the batch and reads their state and every
+// stored transaction whose uid the batch carries, in the first round trip.
+func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map[int64]*userState, map[uuid.UUID]ledger.Outcome, error) {
+	ids := make([]int64, 0, len(batch))
+	uids := make([]uuid.UUID, 0, len(batch))
+	for _, w := range batch {
+		ids, uids = append(ids, w.req.UserID), append(uids, w.req.UID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	highs, lows := make([]int32, len(ids)), make([]int32, len(ids))
+	for i, id := range ids {
+		highs[i], lows[i] = userLockKey(id)
+	}
+	users := make(map[int64]*userState, len(ids))
+	stored := map[uuid.UUID]ledger.Outcome{}
+	q := &pgx.Batch{}
+	q.Queue(lockUsersSQL, highs, lows)
+	q.Queue(lockUserRowsSQL, ids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id int64
+			var lastTime *time.Time
+			u := &userState{}
+			if err := rows.Scan(&id, &u.Balance, &u.LastSeq, &lastTime, &u.eventSeq, &u.Now); err != nil {
+				return err
+			}
+			u.Now = u.Now.UTC().Truncate(time.Microsecond)
+			if lastTime != nil {
+				u.LastTime = *lastTime
+			}
+			users[id] = u
+		}
+		return rows.Err()
+	})
+	q.Queue(findUIDsSQL, uids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var o ledger.Outcome
+			t, err := scanTransaction(rows, &o.Reply.Status, &o.Reply.Body)
+			if err != nil {
+				return err
+			}
+			o.Tx, o.Replayed = t, true
+			stored[t.UID] = o
+		}
+		return rows.Err()
+	})
+	return users, stored, tx.begin(ctx, q)
+}
+
+// decide answers one request of a batch against its user's state and queues what it writes.
+// A request is answered from a stored transaction with its uid, or from an earlier member of
+// the batch with the same uid, exactly as a retry across batches would be. Back-dating moves
+// later rows and needs reads of its own, so only a request alone (alone) does it; in a larger
+// batch such a request is marked alone and recorded again by itself.
+func (db *DB) decide(ctx context.Context, tx *pipelinedTx, w *writeRequest, users map[int64]*userState,
+	stored map[uuid.UUID]ledger.Outcome, seen map[uuid.UUID]*writeRequest, alone bool, writes *writeSet) error {
+	req := w.req
+	if first, ok := stored[req.UID]; ok {
+		if !req.Matches(first.Tx) {
+			w.err = idempotencyConflict(req, first.Tx)
+			return nil
+		}
+		w.out = first
+		return nil
+	}
+	if first, ok := seen[req.UID]; ok {
+		switch {
+		case first.alone:
+			w.alone = true
+		case !req.Matches(first.out.Tx):
+			w.err = idempotencyConflict(req, first.out.Tx)
+		default:
+			w.out = ledger.Outcome{Tx: first.out.Tx, Reply: first.out.Reply, Replayed: true}
+		}
+		return nil
+	}
+	u, ok := users[req.UserID]
+	if !ok {
+		// Nothing is stored, so a later member with this uid is decided on its own.
+		w.err = ledger.NotFound("user %d does not exist", req.UserID)
+		return nil
+	}
+	seen[req.UID] = w
+	state := u.UserState
+	at := req.EffectiveTime(state.Now)
+	backDated := state.BackDated(at)
+	if backDated {
+		if !alone {
+			w.alone = true
+			return nil
+		}
+		var minAfter, maxAfter *ledger.Amount
+		err := tx.conn.QueryRow(ctx, backDatedStateSQL, req.UserID, at).Scan(&state.BalanceBefore, &minAfter, &maxAfter)
+		if err != nil {
+			return err
+		}
+		if minAfter != nil {
+			state.HasAfter, state.MinAfter, state.MaxAfter = true, *minAfter, *maxAfter
+		}
+	}
+
+	d := ledger.Decide(req, state)
+	t := d.Tx
+	w.out = ledger.Outcome{Tx: t, Reply: w.render(t), BackDated: backDated}
+	if d.Shift != 0 {
+		writes.shift = &shift{userID: t.UserID, after: t.Timestamp, by: d.Shift, moved: &w.out.RowsMoved}
+	}
+	events := d.Events(u.Balance, u.eventSeq)
+	writes.transaction(t, w.out.Reply)
+	for _, e := range events {
+		writes.event(e, db.eventSource)
+	}
+	u.Balance, u.LastSeq, u.changed = d.NewBalance, t.Seq, true
+	u.eventSeq += int64(len(events))
+	if t.Status == ledger.Applied && t.Timestamp.After(u.LastTime) {
+		u.LastTime = t.Timestamp
+	}
+	return nil
+}
+
+// shift is a back-dated transaction's move of the later balances.
+type shift struct {
+	userID int64
+	after  time.Time
+	by     ledger.Amount
+	moved  *int64
+}
+
+// writeSet gathers what a batch writes as the array parameters of writeSQL.
+type writeSet struct {
+	shift *shift
+
+	uids                      []uuid.UUID
+	userIDs, seqs, amounts    []int64
+	types, statuses           []string
+	reasons                   []*string
+	times, createdAt          []time.Time
+	timestampGiven            []bool
+	balanceAfter              []*int64
+	replyStatus               []int16
+	replyBody                 [][]byte
+	eventIDs                  []uuid.UUID
+	eventUsers, eventSeqs     []int64
+	eventTypes, eventBodies   []string
+	users, balances, lastSeqs []int64
+	lastTimes                 []*time.Time
+	eventSeqsByUser           []int64
+}
+
+func (s *writeSet) transaction(t ledger.Transaction, reply ledger.Reply) {
+	var reason *string
+	if t.Reason != "" {
+		reason = (*string)(&t.Reason)
+	}
+	var after *int64
+	if t.BalanceAfter != nil {
+		a := int64(*t.BalanceAfter)
+		after = &a
+	}
+	s.uids = append(s.uids, t.UID)
+	s.userIDs, s.seqs, s.amounts = append(s.userIDs, t.UserID), append(s.seqs, t.Seq), append(s.amounts, int64(t.Amount))
+	s.types, s.statuses = append(s.types, string(t.Type)), append(s.statuses, string(t.Status))
+	s.reasons, s.balanceAfter = append(s.reasons, reason), append(s.balanceAfter, after)
+	s.times, s.createdAt = append(s.times, t.Timestamp), append(s.createdAt, t.CreatedAt)
+	s.timestampGiven = append(s.timestampGiven, t.TimestampGiven)
+	s.replyStatus, s.replyBody = append(s.replyStatus, int16(reply.Status)), append(s.replyBody, reply.Body)
+}
+
+func (s *writeSet) event(e ledger.Event, source string) {
+	s.eventIDs, s.eventUsers, s.eventSeqs = append(s.eventIDs, e.ID), append(s.eventUsers, e.UserID), append(s.eventSeqs, e.Seq)
+	s.eventTypes, s.eventBodies = append(s.eventTypes, string(e.Type)), append(s.eventBodies, string(e.CloudEvent(source)))
+}
+
+func (s *writeSet) user(id int64, u *userState) {
+	var last *time.Time
+	if !u.LastTime.IsZero() {
+		t := u.LastTime
+		last = &t
+	}
+	s.users, s.balances, s.lastSeqs = append(s.users, id), append(s.balances, int64(u.Balance)), append(s.lastSeqs, u.LastSeq)
+	s.lastTimes, s.eventSeqsByUser = append(s.lastTimes, last), append(s.eventSeqsByUser, u.eventSeq)
+}
+
+// queue adds the batch's writes to q: nothing when every member was a replay or a refusal
+// that stores nothing.
+func (s *writeSet) queue(q *pgx.Batch) *pgx.Batch {
+	if s.shift != nil {
+		sh := s.shift
+		q.Queue(shiftLaterSQL, sh.userID, sh.after, sh.by).Exec(func(tag pgconn.CommandTag) error {
+			*sh.moved = tag.RowsAffected()
+			return nil
+		})
+	}
+	if len(s.uids) == 0 {
+		return q
+	}
+	q.Queue(writeSQL, s.uids, s.userIDs, s.seqs, s.types, s.amounts, s.times, s.timestampGiven, s.statuses,
+		s.reasons, s.balanceAfter, s.replyStatus, s.replyBody, s.createdAt,
+		s.eventIDs, s.eventUsers, s.eventSeqs, s.eventTypes, s.eventBodies,
+		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser)
+	return q
+}
+
+// userLockKey is the advisory lock key of a user's writes. Users take the two-int4 key space
+// (the user id's high and low halves), which PostgreSQL keeps apart from the one-bigint
+// space of the migration lock and the relay lease, so no user id can ever wait on either.
+func userLockKey(id int64) (int32, int32) { return int32(id >> 32), int32(uint32(id)) }
+
+func idempotencyConflict(req ledger.Request, t ledger.Transaction) error {
+	return &ledger.Error{Code: ledger.CodeIdempotencyConflict, Field: "uid",
+		Detail: "uid " + req.UID.String() + " was already used for a different transaction (user, type, amount or timestamp differ); choose a new uid for a new transaction"}
+}
+
+// errBatcherStopped answers writes that arrive after Close.
+var errBatcherStopped = ledger.Unavailable(errors.New("the write path is shut down"))
