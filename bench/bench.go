@@ -48,7 +48,7 @@ type config struct {
 	duration      time.Duration
 	workers       int
 	rate          float64
-	mix           [numOps]float64 // weights of deposit, withdraw, balance, balance_at
+	mix           [numOps]float64 // weights of deposit, withdraw, balance, balance_at, healthz
 	mixTotal      float64
 	retryShare    float64
 	backdateShare float64
@@ -123,6 +123,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	flags.Float64Var(&cfg.mix[opWithdraw], "withdraw", 40, "weight of withdrawals in the mix")
 	flags.Float64Var(&cfg.mix[opBalance], "balance", 15, "weight of current-balance reads in the mix")
 	flags.Float64Var(&cfg.mix[opBalanceAt], "balance-at", 5, "weight of balance-at-a-past-instant reads in the mix")
+	flags.Float64Var(&cfg.mix[opHealthz], "healthz", 0, "weight of GET /healthz, which touches no database, in the mix: alone, it measures the HTTP layer's ceiling")
 	flags.Float64Var(&cfg.retryShare, "retry-share", 0.05, "share of answered writes sent again with the same uid and body, as a duplicate retry (on top of --rate)")
 	flags.Float64Var(&cfg.backdateShare, "backdate-share", 0.05, "share of writes with a timestamp in the past")
 	flags.DurationVar(&cfg.backdateMax, "backdate-max", time.Minute, "how far back a back-dated write and a balance-at read may go")
@@ -167,7 +168,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	switch {
 	case cfg.mixTotal <= 0:
-		return cfg, errors.New("the mix is empty: give --deposit, --withdraw, --balance or --balance-at a positive weight")
+		return cfg, errors.New("the mix is empty: give --deposit, --withdraw, --balance, --balance-at or --healthz a positive weight")
 	case len(cfg.userIDs) == 0 && cfg.users < 1:
 		return cfg, errors.New("--users must be at least 1")
 	case cfg.workers < 1:
@@ -218,6 +219,7 @@ type bench struct {
 	cfg          config
 	api          *client.Client
 	transport    *http.Transport
+	http         *http.Client // the API's transport, for requests the client package does not make
 	stdout       io.Writer
 	stderr       io.Writer
 	users        []int64
@@ -255,10 +257,11 @@ func newBench(cfg config, stdout, stderr io.Writer) *bench {
 		host, _ := url.Parse(u) // parseConfig checked it
 		rr.hosts = append(rr.hosts, host)
 	}
-	api := client.New(cfg.urls[0], client.WithHTTPClient(&http.Client{Transport: rr}),
+	httpClient := &http.Client{Transport: rr, Timeout: cfg.timeout}
+	api := client.New(cfg.urls[0], client.WithHTTPClient(httpClient),
 		client.WithRetryPolicy(client.RetryPolicy{MaxAttempts: cfg.maxAttempts, BaseDelay: cfg.retryDelay, MaxDelay: time.Second}),
 		client.WithAttemptTimeout(cfg.timeout))
-	return &bench{cfg: cfg, api: api, transport: transport, stdout: stdout, stderr: stderr}
+	return &bench{cfg: cfg, api: api, transport: transport, http: httpClient, stdout: stdout, stderr: stderr}
 }
 
 func (b *bench) close() { b.transport.CloseIdleConnections() }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -23,11 +24,12 @@ const (
 	opWithdraw
 	opBalance
 	opBalanceAt
-	opReplay // a write sent again with the same uid and body, as a client retry would
+	opHealthz // GET /healthz, which touches no database: what the HTTP layer alone serves
+	opReplay  // a write sent again with the same uid and body, as a client retry would
 	numOps
 )
 
-var opNames = [numOps]string{"deposit", "withdraw", "balance", "balance_at", "replay"}
+var opNames = [numOps]string{"deposit", "withdraw", "balance", "balance_at", "healthz", "replay"}
 
 // writeRecord is one write as the client saw it; the audit checks the database against it.
 type writeRecord struct {
@@ -100,6 +102,21 @@ func (b *bench) balance(ctx context.Context, userID int64, at *time.Time) (int64
 		ub, err = b.api.BalanceAt(ctx, userID, *at)
 	}
 	return int64(ub.Balance), err
+}
+
+// healthz asks one instance's /healthz and returns the status, 0 when no answer came.
+func (b *bench) healthz(ctx context.Context) int {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.cfg.urls[0]+"/healthz", nil)
+	if err != nil {
+		return 0
+	}
+	res, err := b.http.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer res.Body.Close()
+	_, _ = io.Copy(io.Discard, res.Body)
+	return res.StatusCode
 }
 
 // answerStatus is the status of the answer behind a client call's error: 200 for none, 0 when
@@ -237,6 +254,8 @@ func (w *worker) one(ctx context.Context, intended time.Time) {
 		w.write(ctx, intended, opWithdraw, user)
 	case x < cfg.mix[opDeposit]+cfg.mix[opWithdraw]+cfg.mix[opBalance]:
 		w.read(ctx, intended, opBalance, user, nil)
+	case x >= cfg.mix[opDeposit]+cfg.mix[opWithdraw]+cfg.mix[opBalance]+cfg.mix[opBalanceAt]:
+		w.b.rec.record(opHealthz, w.b.healthz(ctx), time.Since(intended), 1)
 	default:
 		at := time.Now().Add(-time.Duration(w.rng.Int64N(int64(cfg.backdateMax) + 1)))
 		w.read(ctx, intended, opBalanceAt, user, &at)

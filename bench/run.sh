@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make bench: every figure of docs/performance.md, measured side by side in one run on this
-# machine, then plotted. Not part of `make test`: it takes about ten minutes.
+# machine, then plotted. Not part of `make test`: it takes about twenty minutes.
 #
-#   BENCH_ROUNDS=3 BENCH_SECONDS=15 bench/run.sh
+#   BENCH_ROUNDS=3 BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16 64 256" bench/run.sh
 #
 # Tables land in bin/bench/, plots in docs/img/, a summary on stdout.
 set -euo pipefail
@@ -27,14 +27,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_tally: a fresh database and one `tally serve` on :18080 with a pool of $pool.
+# start_tally [batch max]: a fresh database and one `tally serve` on :18080 with a pool of
+# $pool; a batch max of 1 turns group commit off.
 start_tally() {
 	cleanup
 	psql -q "$admin_url" -c "CREATE DATABASE tally_bench"
 	url="$(db_url tally_bench)"
 	case "$url" in *\?*) url="$url&pool_max_conns=$pool" ;; *) url="$url?pool_max_conns=$pool" ;; esac
 	url="$url&sslmode=disable"
-	DATABASE_URL=$url PORT=18080 ADMIN_PORT=0 LOG_LEVEL=warn bin/tally serve >"$out/serve.log" 2>&1 &
+	DATABASE_URL=$url PORT=18080 ADMIN_PORT=0 LOG_LEVEL=warn WRITE_BATCH_MAX=${1:-64} bin/tally serve >"$out/serve.log" 2>&1 &
 	server=$!
 	for _ in $(seq 1 200); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && return; sleep 0.05; done
 	echo "tally did not become ready" >&2
@@ -45,40 +46,57 @@ stop_tally() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
 # Writes only: half deposits, half withdrawals, no duplicates or back-dating.
 writes="--deposit 50 --withdraw 50 --balance 0 --balance-at 0 --retry-share 0 --backdate-share 0 --users $users"
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-# 1. Throughput: the pgbench baseline and tally at 16 and 64 clients, alternating, $rounds rounds.
+# 1. Throughput against clients: the pgbench baseline, tally with batching off and on, side by
+# side, $rounds rounds; the HTTP ceiling (/healthz, no database) at the top client count.
 printf '# system\tclients\tround\ttps\n' >"$out/throughput.tsv"
 printf '# clients\tround\tpeak_rss_kib\n' >"$out/rss.tsv"
 for round in $(seq 1 "$rounds"); do
-	for clients in 16 64; do
-		tps=$(bench/baseline.sh "$clients" "$secs" "$users" | sed -n 's/^baseline: \([0-9.]*\) tps.*/\1/p')
+	for clients in ${BENCH_CLIENTS:-1 4 16 64 256}; do
+		# PostgreSQL serves 100 connections: the baseline's clients stop at 90.
+		tps=$(bench/baseline.sh "$((clients > 90 ? 90 : clients))" "$secs" "$users" | sed -n 's/^baseline: \([0-9.]*\) tps.*/\1/p')
 		printf 'pgbench baseline\t%s\t%s\t%s\n' "$clients" "$round" "$tps" >>"$out/throughput.tsv"
-		start_tally
-		peak=0
-		( while kill -0 "$server" 2>/dev/null; do grep VmRSS "/proc/$server/status" | awk '{print $2}'; sleep 0.2; done ) >"$out/rss.samples" &
-		sampler=$!
-		bin/tally bench --url http://127.0.0.1:18080 --workers "$clients" --duration "${secs}s" $writes \
-			--json "$out/tally-$clients-$round.json" >"$out/tally-$clients-$round.txt" 2>/dev/null
-		stop_tally
-		wait "$sampler" 2>/dev/null || true
-		peak=$(sort -n "$out/rss.samples" | tail -1)
-		printf '%s\t%s\t%s\n' "$clients" "$round" "$peak" >>"$out/rss.tsv"
-		tps=$(json "$out/tally-$clients-$round.json" "d['throughput']")
-		printf 'tally\t%s\t%s\t%s\n' "$clients" "$round" "$tps" >>"$out/throughput.tsv"
+		for batching in off on; do
+			max=1
+			[ "$batching" = on ] && max=64
+			start_tally "$max"
+			( while kill -0 "$server" 2>/dev/null; do grep VmRSS "/proc/$server/status" | awk '{print $2}'; sleep 0.2; done ) >"$out/rss.samples" &
+			sampler=$!
+			bin/tally bench --url http://127.0.0.1:18080 --workers "$clients" --duration "${secs}s" $writes \
+				--json "$out/tally-$batching-$clients-$round.json" >"$out/tally-$batching-$clients-$round.txt" 2>/dev/null
+			stop_tally
+			wait "$sampler" 2>/dev/null || true
+			if [ "$batching" = on ]; then
+				printf '%s\t%s\t%s\n' "$clients" "$round" "$(sort -n "$out/rss.samples" | tail -1)" >>"$out/rss.tsv"
+			fi
+			tps=$(json "$out/tally-$batching-$clients-$round.json" "d['throughput']")
+			printf 'tally, batching %s\t%s\t%s\t%s\n' "$batching" "$clients" "$round" "$tps" >>"$out/throughput.tsv"
+		done
 		echo "round $round, $clients clients: baseline and tally measured"
 	done
+	start_tally
+	bin/tally bench --url http://127.0.0.1:18080 --workers 64 --duration "${secs}s" --users 1 --deposit 0 --withdraw 0 \
+		--balance 0 --balance-at 0 --retry-share 0 --healthz 1 --json "$out/ceiling-$round.json" >/dev/null 2>&1
+	stop_tally
+	printf 'HTTP ceiling (/healthz)\t64\t%s\t%s\n' "$round" "$(json "$out/ceiling-$round.json" "d['throughput']")" >>"$out/throughput.tsv"
 done
 
-# 2. Latency against offered load (open loop), up to the measured peak at 16 clients.
-peak=$(awk -F'\t' '$1 == "tally" && $2 == 16 { print $4 }' "$out/throughput.tsv" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-printf '# offered_rate\tp50_ms\tp99_ms\tp999_ms\n' >"$out/latency.tsv"
-for share in 0.25 0.5 0.75 0.9; do
+# 2. Latency against offered load (open loop, 64 workers), batching off and on, at shares of
+# the batching-off peak at 64 clients, so both are measured at the same rates.
+peak=$(awk -F'\t' '$1 == "tally, batching off" && $2 == 64 { print $4 }' "$out/throughput.tsv" | median)
+printf '# system\toffered_rate\tp50_ms\tp99_ms\tp999_ms\n' >"$out/latency.tsv"
+for share in 0.25 0.5 0.75 0.9 1.2 1.5; do
 	rate=$(awk -v p="$peak" -v s="$share" 'BEGIN { printf "%d", p * s }')
-	start_tally
-	bin/tally bench --url http://127.0.0.1:18080 --rate "$rate" --workers 64 --duration "${secs}s" $writes \
-		--json "$out/rate-$rate.json" >"$out/rate-$rate.txt" 2>/dev/null
-	stop_tally
-	json "$out/rate-$rate.json" "'\t'.join(['$rate'] + [str(o[k]) for o in d['ops'] if o['name'] == 'all' for k in ('p50_ms', 'p99_ms', 'p999_ms')])" >>"$out/latency.tsv"
+	for batching in off on; do
+		max=1
+		[ "$batching" = on ] && max=64
+		start_tally "$max"
+		bin/tally bench --url http://127.0.0.1:18080 --rate "$rate" --workers 64 --duration "${secs}s" $writes \
+			--json "$out/rate-$batching-$rate.json" >"$out/rate-$batching-$rate.txt" 2>/dev/null
+		stop_tally
+		json "$out/rate-$batching-$rate.json" "'\t'.join(['batching $batching', '$rate'] + [str(o[k]) for o in d['ops'] if o['name'] == 'all' for k in ('p50_ms', 'p99_ms', 'p999_ms')])" >>"$out/latency.tsv"
+	done
 done
 
 # 3. History: balance reads for 100 to 1,000,000 transactions; 4. back-dating cost.
@@ -110,7 +128,7 @@ echo "== throughput (writes/s): system, clients, rounds"
 awk -F'\t' 'NR > 1 { v[$1 "\t" $2] = v[$1 "\t" $2] " " $4 } END { for (k in v) print k "\t" v[k] }' "$out/throughput.tsv" | sort
 echo "== peak RSS of tally serve (KiB): clients, round"
 tail -n +2 "$out/rss.tsv"
-echo "== latency against offered load: rate, p50, p99, p99.9 (ms)"
+echo "== latency against offered load: system, rate, p50, p99, p99.9 (ms)"
 tail -n +2 "$out/latency.tsv"
 echo "== history"
 grep -E '^Benchmark' "$out/history.txt"

@@ -97,11 +97,12 @@ func throughput(rows [][]string) (*plot.Plot, error) {
 	}
 	p := plot.New()
 	p.Title.Text = "Write throughput against concurrent clients"
-	p.X.Label.Text = "clients"
+	p.X.Label.Text = "clients (log)"
 	p.Y.Label.Text = "writes per second (median of rounds)"
+	p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	p.Y.Min = 0
 	var lines []any
-	for _, system := range []string{"pgbench baseline", "tally"} {
+	for _, system := range []string{"pgbench baseline", "tally, batching off", "tally, batching on"} {
 		var pts plotter.XYs
 		for clients, tps := range samples[system] {
 			pts = append(pts, plotter.XY{X: clients, Y: median(tps)})
@@ -112,21 +113,29 @@ func throughput(rows [][]string) (*plot.Plot, error) {
 	return p, plotutil.AddLinePoints(p, lines...)
 }
 
-// latency: rows "offered_rate p50_ms p99_ms p999_ms" of open-loop write runs.
+// latency: rows "system offered_rate p50_ms p99_ms p999_ms" of open-loop write runs.
 func latency(rows [][]string) (*plot.Plot, error) {
-	var p50, p99, p999 plotter.XYs
+	series := map[string]plotter.XYs{}
 	for _, r := range rows {
-		rate := num(r[0])
-		p50 = append(p50, plotter.XY{X: rate, Y: num(r[1])})
-		p99 = append(p99, plotter.XY{X: rate, Y: num(r[2])})
-		p999 = append(p999, plotter.XY{X: rate, Y: num(r[3])})
+		rate := num(r[1])
+		series[r[0]+", p50"] = append(series[r[0]+", p50"], plotter.XY{X: rate, Y: num(r[2])})
+		series[r[0]+", p99"] = append(series[r[0]+", p99"], plotter.XY{X: rate, Y: num(r[3])})
 	}
 	p := plot.New()
 	p.Title.Text = "Write latency against offered load (open loop)"
 	p.X.Label.Text = "offered writes per second"
 	p.Y.Label.Text = "latency, ms"
 	p.Y.Min = 0
-	return p, plotutil.AddLinePoints(p, "p50", p50, "p99", p99, "p99.9", p999)
+	var lines []any
+	for _, system := range []string{"batching off", "batching on"} {
+		for _, q := range []string{"p50", "p99"} {
+			name := system + ", " + q
+			if pts := series[name]; len(pts) > 0 {
+				lines = append(lines, name, pts)
+			}
+		}
+	}
+	return p, plotutil.AddLinePoints(p, lines...)
 }
 
 // backdating: rows "rows_after ms_per_write".
