@@ -160,7 +160,7 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest) error {
 // stored transaction whose uid the batch carries, in the first round trip.
 func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map[int64]*userState, map[uuid.UUID]ledger.Outcome, error) {
 	ids := make([]int64, 0, len(batch))
-	uids := make([]uuid.UUID, 0, len(batch))
+	uids := make([][16]byte, 0, len(batch)) // pgx encodes [16]byte directly, uuid.UUID through text
 	for _, w := range batch {
 		ids, uids = append(ids, w.req.UserID), append(uids, w.req.UID)
 	}
@@ -288,7 +288,7 @@ type shift struct {
 type writeSet struct {
 	shift *shift
 
-	uids                      []uuid.UUID
+	uids                      [][16]byte
 	userIDs, seqs, amounts    []int64
 	types, statuses           []string
 	reasons                   []*string
@@ -297,7 +297,7 @@ type writeSet struct {
 	balanceAfter              []*int64
 	replyStatus               []int16
 	replyBody                 [][]byte
-	eventIDs                  []uuid.UUID
+	eventIDs                  [][16]byte
 	eventUsers, eventSeqs     []int64
 	eventTypes, eventBodies   []string
 	users, balances, lastSeqs []int64
