@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -160,9 +161,9 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest) error {
 // stored transaction whose uid the batch carries, in the first round trip.
 func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map[int64]*userState, map[uuid.UUID]ledger.Outcome, error) {
 	ids := make([]int64, 0, len(batch))
-	uids := make([][16]byte, 0, len(batch)) // pgx encodes [16]byte directly, uuid.UUID through text
+	uids := make([]pgtype.UUID, 0, len(batch))
 	for _, w := range batch {
-		ids, uids = append(ids, w.req.UserID), append(uids, w.req.UID)
+		ids, uids = append(ids, w.req.UserID), append(uids, pgtype.UUID{Bytes: w.req.UID, Valid: true})
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
@@ -284,38 +285,36 @@ type shift struct {
 	moved  *int64
 }
 
-// writeSet gathers what a batch writes as the array parameters of writeSQL.
+// writeSet gathers what a batch writes as the array parameters of writeSQL. Its elements are
+// pgtype's own types, which pgx encodes without reflection (uuid.UUID would go through its
+// text form).
 type writeSet struct {
 	shift *shift
 
-	uids                      [][16]byte
+	uids                      []pgtype.UUID
 	userIDs, seqs, amounts    []int64
 	types, statuses           []string
-	reasons                   []*string
+	reasons                   []pgtype.Text
 	times, createdAt          []time.Time
 	timestampGiven            []bool
-	balanceAfter              []*int64
+	balanceAfter              []pgtype.Int8
 	replyStatus               []int16
 	replyBody                 [][]byte
-	eventIDs                  [][16]byte
+	eventIDs                  []pgtype.UUID
 	eventUsers, eventSeqs     []int64
 	eventTypes, eventBodies   []string
 	users, balances, lastSeqs []int64
-	lastTimes                 []*time.Time
+	lastTimes                 []pgtype.Timestamptz
 	eventSeqsByUser           []int64
 }
 
 func (s *writeSet) transaction(t ledger.Transaction, reply ledger.Reply) {
-	var reason *string
-	if t.Reason != "" {
-		reason = (*string)(&t.Reason)
-	}
-	var after *int64
+	reason := pgtype.Text{String: string(t.Reason), Valid: t.Reason != ""}
+	var after pgtype.Int8
 	if t.BalanceAfter != nil {
-		a := int64(*t.BalanceAfter)
-		after = &a
+		after = pgtype.Int8{Int64: int64(*t.BalanceAfter), Valid: true}
 	}
-	s.uids = append(s.uids, t.UID)
+	s.uids = append(s.uids, pgtype.UUID{Bytes: t.UID, Valid: true})
 	s.userIDs, s.seqs, s.amounts = append(s.userIDs, t.UserID), append(s.seqs, t.Seq), append(s.amounts, int64(t.Amount))
 	s.types, s.statuses = append(s.types, string(t.Type)), append(s.statuses, string(t.Status))
 	s.reasons, s.balanceAfter = append(s.reasons, reason), append(s.balanceAfter, after)
@@ -325,16 +324,12 @@ func (s *writeSet) transaction(t ledger.Transaction, reply ledger.Reply) {
 }
 
 func (s *writeSet) event(e ledger.Event, source string) {
-	s.eventIDs, s.eventUsers, s.eventSeqs = append(s.eventIDs, e.ID), append(s.eventUsers, e.UserID), append(s.eventSeqs, e.Seq)
+	s.eventIDs, s.eventUsers, s.eventSeqs = append(s.eventIDs, pgtype.UUID{Bytes: e.ID, Valid: true}), append(s.eventUsers, e.UserID), append(s.eventSeqs, e.Seq)
 	s.eventTypes, s.eventBodies = append(s.eventTypes, string(e.Type)), append(s.eventBodies, string(e.CloudEvent(source)))
 }
 
 func (s *writeSet) user(id int64, u *userState) {
-	var last *time.Time
-	if !u.LastTime.IsZero() {
-		t := u.LastTime
-		last = &t
-	}
+	last := pgtype.Timestamptz{Time: u.LastTime, Valid: !u.LastTime.IsZero()}
 	s.users, s.balances, s.lastSeqs = append(s.users, id), append(s.balances, int64(u.Balance)), append(s.lastSeqs, u.LastSeq)
 	s.lastTimes, s.eventSeqsByUser = append(s.lastTimes, last), append(s.eventSeqsByUser, u.eventSeq)
 }
