@@ -86,6 +86,9 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 		return nil, err
 	}
 	db := &DB{pool: pool, eventSource: DefaultEventSource, metrics: newBatchMetrics()}
+	// Each worker holds a connection while it records a batch: leave one for reads and for
+	// the requests recorded alone.
+	o.workers = min(o.workers, max(1, int(cfg.MaxConns)-1))
 	if o.batchMax > 1 && o.workers > 0 {
 		db.batcher = newBatcher(db, o.batchMax, o.workers)
 	}
