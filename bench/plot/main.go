@@ -5,8 +5,10 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,6 +44,9 @@ func run(in, out string) error {
 		{"backdating.tsv", "backdating.png", backdating},
 	} {
 		rows, err := readTable(filepath.Join(in, fig.table))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a partial run (BENCH_PARTS) leaves its figure as it was
+		}
 		if err != nil {
 			return err
 		}
