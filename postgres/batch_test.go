@@ -385,3 +385,15 @@ func TestBatchingAndSinglePathsSideBySide(t *testing.T) {
 	require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT count(*) FROM transactions").Scan(&rows))
 	require.Equal(t, len(acked), rows, "each uid once")
 }
+
+// A batch's write reaches its users through the primary key, however many users there are:
+// no statement of the write path scans a table.
+func TestBatchWriteProbesUsersByKey(t *testing.T) {
+	f := setup(t)
+	_, err := f.db.Pool().Exec(f.ctx, "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 1000) g; ANALYZE users")
+	require.NoError(t, err)
+	plan, err := f.db.ExplainWrite(f.ctx, []int64{3, 70, 500, 900, 999})
+	require.NoError(t, err)
+	require.NotContains(t, plan, "Seq Scan", plan)
+	require.Contains(t, plan, "users_pkey", plan)
+}

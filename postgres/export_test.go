@@ -1,5 +1,16 @@
 package postgres
 
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
 // UserAtSQL lets tests explain the query behind UserAt.
 const UserAtSQL = userAtSQL
 
@@ -8,3 +19,32 @@ func (db *DB) QueuedWrites() int { return len(db.batcher.queue) }
 
 // UserLockKey is the advisory lock key of a user's writes.
 var UserLockKey = userLockKey
+
+// ExplainWrite runs the statement that writes a batch, one deposit for each of users, under
+// EXPLAIN ANALYZE in a transaction it rolls back, and returns the plan.
+func (db *DB) ExplainWrite(ctx context.Context, users []int64) (string, error) {
+	var writes writeSet
+	now := time.Now().UTC()
+	for _, id := range users {
+		balance := ledger.Amount(100)
+		t := ledger.Transaction{UID: uuid.New(), UserID: id, Type: ledger.Deposit, Amount: balance, Timestamp: now,
+			Status: ledger.Applied, BalanceAfter: &balance, Seq: 1, CreatedAt: now}
+		writes.transaction(t, ledger.Reply{Status: 200, Body: []byte("{}")})
+		d := ledger.Decision{Tx: t, NewBalance: balance}
+		for _, e := range d.Events(0, 1) {
+			writes.event(e, db.eventSource)
+		}
+		writes.user(id, &userState{UserState: ledger.UserState{Balance: balance, LastSeq: 1, LastTime: now}, eventSeq: 3})
+	}
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, COSTS OFF) "+writeSQL, writes.args()...)
+	if err != nil {
+		return "", err
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return strings.Join(lines, "\n"), err
+}

@@ -287,3 +287,128 @@ func TestReviewOutboxOrderUnderBatching(t *testing.T) {
 		require.Equal(t, next[u], eventSeq)
 	}
 }
+
+// REVIEW 5 (README: "each decided in arrival order on the state the one before it left ...
+// one bad member never fails its neighbours"). When one member makes the batch's statement
+// fail, every member is recorded again alone, each by its own caller, all at once: the
+// arrival order is lost, so a withdrawal that arrived after the deposit paying for it can be
+// refused for want of it. The neighbour is not failed, but it is decided differently.
+func TestReviewIsolationKeepsArrivalOrder(t *testing.T) {
+	f := setupBatch(t)
+	_, err := f.db.Pool().Exec(f.ctx, `
+		CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.amount = 13 THEN RAISE EXCEPTION 'amount 13 refused by the test'; END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER refuse_13 BEFORE INSERT ON transactions FOR EACH ROW EXECUTE FUNCTION refuse_13();`)
+	require.NoError(t, err)
+	culprit := f.user(t)
+	var reqs []ledger.Request
+	for range 20 {
+		u := f.user(t)
+		reqs = append(reqs, deposit(u, 100), withdraw(u, 100))
+	}
+	reqs = append(reqs, deposit(culprit, 13))
+	results := f.batch(t, reqs...)
+	require.Error(t, results[len(results)-1].err)
+	var refused int
+	for i := 1; i < len(reqs)-1; i += 2 {
+		require.NoError(t, results[i].err)
+		if results[i].out.Tx.Status != ledger.Applied {
+			refused++
+		}
+	}
+	require.Zero(t, refused, "withdrawals refused although the deposit before them in the batch covered them")
+}
+
+// REVIEW 2b (Apply ignores its context during Close). submit holds the batcher's read lock
+// while it waits for room in a full queue; Close then waits for the write lock, and every
+// later Apply waits for the read lock, which no context can interrupt. With the workers held
+// up (a locked user, REVIEW 2), a request whose deadline passed does not return.
+func TestReviewApplyReturnsAtItsDeadlineDuringClose(t *testing.T) {
+	bf := setupBatch(t)
+	f := bf.fixture
+	db := openAlso(t, f, 2, 1) // one worker, a queue of two
+	hot, other := f.user(t), f.user(t)
+	release := bf.holdLock(t, hot)
+	stuck := applyAsync(f.ctx, db, deposit(hot, 1))
+	require.Eventually(t, func() bool { return lockWaiters(t, f) == 1 }, 10*time.Second, 5*time.Millisecond)
+	queued := []<-chan result{applyAsync(f.ctx, db, deposit(other, 1)), applyAsync(f.ctx, db, deposit(other, 1))}
+	require.Eventually(t, func() bool { return db.QueuedWrites() == 2 }, 10*time.Second, time.Millisecond)
+	queued = append(queued, applyAsync(f.ctx, db, deposit(other, 1))) // waits for room, holding the read lock
+	time.Sleep(100 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() { db.Close(); close(closed) }()
+	time.Sleep(100 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+	defer cancel()
+	late := applyAsync(ctx, db, deposit(other, 1))
+	var r result
+	var returned bool
+	select {
+	case r = <-late:
+		returned = true
+	case <-time.After(3 * time.Second):
+	}
+	release()
+	<-closed
+	<-stuck
+	for _, q := range queued {
+		<-q
+	}
+	if !returned {
+		r = <-late
+	}
+	require.True(t, returned, "Apply with a 1 s deadline still waiting after 3 s (it returned %v once Close ended)", r.err)
+}
+
+// REVIEW 6 (operations.md: WRITE_WORKERS is "at most pool_max_conns − 1, so that reads always
+// find a connection"). The spare connection is shared with the writes recorded alone (a
+// back-dated member set aside, every member after a failed batch), which wait on locks like
+// any write: with the workers busy, a read then finds no connection.
+func TestReviewReadsAlwaysFindAConnection(t *testing.T) {
+	bf := setupBatch(t)
+	f := bf.fixture
+	db := openAlso(t, f, 64, 4, "pool_max_conns=2") // Open keeps one worker
+	u, other, blocker := f.user(t), f.user(t), f.user(t)
+
+	// Another writer holds uid x uncommitted: whoever inserts x next waits for it.
+	x := uuid.New()
+	elsewhere, err := f.db.Pool().Begin(f.ctx)
+	require.NoError(t, err)
+	defer elsewhere.Rollback(f.ctx) //nolint:errcheck
+	_, err = elsewhere.Exec(f.ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given,
+		status, balance_after, response_status, response_body) VALUES ($1, $2, 1, 'DEPOSIT', 5, now(), false, 'APPLIED', 5, 200, '{}')`,
+		x, other)
+	require.NoError(t, err)
+
+	// A batch whose second member is back-dated against the first: it is set aside and
+	// recorded alone, on the spare connection, where it waits on x.
+	releaseBlocker := bf.holdLock(t, blocker)
+	stall := applyAsync(f.ctx, db, deposit(blocker, 1))
+	require.Eventually(t, func() bool { return lockWaiters(t, f) == 1 }, 10*time.Second, 5*time.Millisecond)
+	first := applyAsync(f.ctx, db, ledger.Request{UID: uuid.New(), UserID: u, Type: ledger.Deposit, Amount: 100, Timestamp: at("2024-01-02T00:00:00Z")})
+	require.Eventually(t, func() bool { return db.QueuedWrites() == 1 }, 10*time.Second, time.Millisecond)
+	setAside := applyAsync(f.ctx, db, ledger.Request{UID: x, UserID: u, Type: ledger.Deposit, Amount: 50, Timestamp: at("2024-01-01T00:00:00Z")})
+	require.Eventually(t, func() bool { return db.QueuedWrites() == 2 }, 10*time.Second, time.Millisecond)
+	releaseBlocker()
+	require.NoError(t, (<-stall).err)
+	require.NoError(t, (<-first).err)
+	require.Eventually(t, func() bool { return lockWaiters(t, f) == 1 }, 10*time.Second, 5*time.Millisecond) // waits on x
+
+	// The worker takes a write that waits on a lock too.
+	releaseBlocker = bf.holdLock(t, blocker)
+	stall = applyAsync(f.ctx, db, deposit(blocker, 1))
+	require.Eventually(t, func() bool { return lockWaiters(t, f) == 2 }, 10*time.Second, 5*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+	_, readErr := db.User(ctx, u)
+	cancel()
+	releaseBlocker()
+	require.NoError(t, elsewhere.Rollback(f.ctx))
+	require.NoError(t, (<-stall).err)
+	require.NoError(t, (<-setAside).err)
+	require.NoError(t, readErr, "a read finds no connection")
+}

@@ -49,7 +49,8 @@ const shiftLaterSQL = `UPDATE transactions SET balance_after = balance_after + $
 // writeSQL stores a batch's transactions with their answers, their events and the users' new
 // state in one statement: PostgreSQL's work per statement, not per row, is what a write
 // mostly costs. Outbox positions follow the array order, which keeps each user's events in
-// sequence order.
+// sequence order. The users are updated through `id = ANY`, an index probe per user: joined to
+// an unnest instead, a thousand users were hash-joined against a scan of the whole table.
 const writeSQL = `WITH stored AS (
 		INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
 			reason, balance_after, response_status, response_body, created_at)
@@ -60,10 +61,11 @@ const writeSQL = `WITH stored AS (
 		INSERT INTO outbox (id, user_id, user_seq, type, event)
 		SELECT e.id, e.user_id, e.seq, e.type, e.body::json
 		FROM unnest($14::uuid[], $15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS e(id, user_id, seq, type, body))
-	UPDATE users SET balance = u.balance, last_seq = u.last_seq, last_ts = u.last_ts, event_seq = u.event_seq
-	FROM unnest($19::bigint[], $20::bigint[], $21::bigint[], $22::timestamptz[], $23::bigint[])
-		AS u(id, balance, last_seq, last_ts, event_seq)
-	WHERE users.id = u.id`
+	UPDATE users SET balance = ($20::bigint[])[array_position($19::bigint[], id)],
+		last_seq = ($21::bigint[])[array_position($19::bigint[], id)],
+		last_ts = ($22::timestamptz[])[array_position($19::bigint[], id)],
+		event_seq = ($23::bigint[])[array_position($19::bigint[], id)]
+	WHERE id = ANY($19::bigint[])`
 
 // writeRequest is one transaction request on its way through the write path, and, once a
 // batch holding it committed, its answer.
@@ -347,11 +349,16 @@ func (s *writeSet) queue(q *pgx.Batch) *pgx.Batch {
 	if len(s.uids) == 0 {
 		return q
 	}
-	q.Queue(writeSQL, s.uids, s.userIDs, s.seqs, s.types, s.amounts, s.times, s.timestampGiven, s.statuses,
+	q.Queue(writeSQL, s.args()...)
+	return q
+}
+
+// args are writeSQL's parameters.
+func (s *writeSet) args() []any {
+	return []any{s.uids, s.userIDs, s.seqs, s.types, s.amounts, s.times, s.timestampGiven, s.statuses,
 		s.reasons, s.balanceAfter, s.replyStatus, s.replyBody, s.createdAt,
 		s.eventIDs, s.eventUsers, s.eventSeqs, s.eventTypes, s.eventBodies,
-		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser)
-	return q
+		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser}
 }
 
 // userLockKey is the advisory lock key of a user's writes. Users take the two-int4 key space
