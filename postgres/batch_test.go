@@ -17,8 +17,8 @@ import (
 )
 
 // batchFixture is a store with one write worker, so that a test can make the worker wait
-// (on a user lock the test holds) while requests queue, then let it take them all as one
-// batch in the order they queued.
+// (on a uid that the test's own transaction inserted and holds uncommitted) while requests
+// queue, then let it take them all as one batch in the order they queued.
 type batchFixture struct {
 	fixture
 	reg *prometheus.Registry
@@ -70,22 +70,43 @@ func (f batchFixture) waitForLockWaiters(t *testing.T, n int) {
 // submit sends req in its own goroutine and waits until it is queued as the queued-th request.
 func (f batchFixture) submit(t *testing.T, ctx context.Context, req ledger.Request, queued int) <-chan result {
 	t.Helper()
+	return submitTo(t, ctx, f.db, req, queued)
+}
+
+func submitTo(t *testing.T, ctx context.Context, db *postgres.DB, req ledger.Request, queued int) <-chan result {
+	t.Helper()
 	done := make(chan result, 1)
 	go func() {
-		out, err := f.db.Apply(ctx, req, render)
+		out, err := db.Apply(ctx, req, render)
 		done <- result{out, err}
 	}()
-	require.Eventually(t, func() bool { return f.db.QueuedWrites() == queued }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return db.QueuedWrites() == queued }, 10*time.Second, time.Millisecond)
 	return done
 }
 
-// stall makes the worker wait on a blocker user's lock and returns the release of that lock
-// and the blocker's answer.
+// holdUID inserts a transaction with uid for another user in a transaction of the test's own
+// and keeps it uncommitted, so that a batch writing uid waits on it. release rolls it back.
+func (f batchFixture) holdUID(t *testing.T, uid uuid.UUID) (release func()) {
+	t.Helper()
+	conn, err := pgx.Connect(f.ctx, f.url)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(f.ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(f.ctx, `INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given,
+		status, balance_after, response_status, response_body) VALUES ($1, $2, 1, 'DEPOSIT', 5, now(), false, 'APPLIED', 5, 200, '{}')`,
+		uid, f.user(t))
+	require.NoError(t, err)
+	return func() { require.NoError(t, tx.Rollback(f.ctx)) }
+}
+
+// stall makes the worker wait on a blocker request whose uid the test holds, and returns the
+// release of that uid and the blocker's answer.
 func (f batchFixture) stall(t *testing.T) (release func(), blocked <-chan result) {
 	t.Helper()
-	blocker := f.user(t)
-	release = f.holdLock(t, blocker)
-	blocked = f.submit(t, f.ctx, ledger.Request{UID: uuid.New(), UserID: blocker, Type: ledger.Deposit, Amount: 1}, 0)
+	req := deposit(f.user(t), 1)
+	release = f.holdUID(t, req.UID)
+	blocked = f.submit(t, f.ctx, req, 0)
 	f.waitForLockWaiters(t, 1)
 	return release, blocked
 }
@@ -168,7 +189,9 @@ func TestBatchCarriesAUsersStateForward(t *testing.T) {
 
 	var types []string
 	var seqs []int64
-	for _, e := range f.readEvents(t, 2+9) { // two users created, then the batch's events
+	// Three users created (u, the blocker and the holder of its uid), the blocker's deposit
+	// (applied, funded), then u's events.
+	for _, e := range f.readEvents(t, 3+2+7) {
 		if e.UserID == u {
 			types, seqs = append(types, string(e.Type)), append(seqs, e.Seq)
 		}
@@ -286,15 +309,16 @@ func TestBatchCancellation(t *testing.T) {
 	cancelQueued()
 	require.ErrorIs(t, (<-droppedDone).err, context.Canceled)
 
-	// The next batch holds a request for u and one for a user whose lock the test holds.
-	release2 := f.holdLock(t, blocker2)
+	// The next batch holds a request for u and one whose uid the test holds.
+	held := deposit(blocker2, 1)
+	release2 := f.holdUID(t, held.UID)
 	midCtx, cancelMid := context.WithCancel(f.ctx)
 	mid := deposit(u, 200)
 	midDone := f.submit(t, midCtx, mid, 2)
-	otherDone := f.submit(t, f.ctx, deposit(blocker2, 1), 3)
+	otherDone := f.submit(t, f.ctx, held, 3)
 	release()
 	require.NoError(t, (<-blocked).err)
-	f.waitForLockWaiters(t, 1) // the batch waits on blocker2's lock
+	f.waitForLockWaiters(t, 1) // the batch waits on the held uid
 	require.Equal(t, 0, f.db.QueuedWrites())
 	cancelMid()
 	require.ErrorIs(t, (<-midDone).err, context.Canceled)
@@ -396,4 +420,100 @@ func TestBatchWriteProbesUsersByKey(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, plan, "Seq Scan", plan)
 	require.Contains(t, plan, "users_pkey", plan)
+}
+
+// A user whose lock another transaction holds does not hold up the batch: its request waits
+// alone, under its own context, and other users' writes go on.
+func TestBatchNeverWaitsOnABusyUser(t *testing.T) {
+	f := setupBatch(t)
+	hot, other := f.user(t), f.user(t)
+	release := f.holdLock(t, hot)
+
+	waiting := make(chan result, 1)
+	go func() {
+		out, err := f.db.Apply(f.ctx, deposit(hot, 100), render)
+		waiting <- result{out, err}
+	}()
+	f.waitForLockWaiters(t, 1) // the hot user's request, alone
+	ctx, cancel := context.WithTimeout(f.ctx, 5*time.Second)
+	defer cancel()
+	_, err := f.db.Apply(ctx, deposit(other, 100), render)
+	require.NoError(t, err, "another user's write goes on")
+
+	cancelled, cancelWait := context.WithCancel(f.ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := f.db.Apply(cancelled, deposit(hot, 50), render)
+		gaveUp <- err
+	}()
+	f.waitForLockWaiters(t, 2)
+	cancelWait()
+	require.Error(t, <-gaveUp, "a request waiting for a busy user ends with its context")
+
+	release()
+	r := <-waiting
+	require.NoError(t, r.err)
+	require.Equal(t, ledger.Applied, r.out.Tx.Status)
+	require.Equal(t, ledger.Amount(100), f.balance(t, hot))
+}
+
+// Two instances' batches that share uids (for different users, so no user lock orders them)
+// insert them in uid order, so they never wait on each other in a cycle: no deadlock, and each
+// uid takes effect once.
+func TestBatchesSharingUIDsNeverDeadlock(t *testing.T) {
+	f := setupBatch(t)
+	other, err := postgres.Open(f.ctx, f.url, postgres.WithWriteBatching(64, 1))
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	deadlocks := func() int64 {
+		var n int64
+		require.NoError(t, f.db.Pool().QueryRow(f.ctx, `SELECT deadlocks FROM pg_stat_get_db_deadlocks((SELECT oid FROM pg_database
+			WHERE datname = current_database())) AS deadlocks`).Scan(&n))
+		return n
+	}
+	before := deadlocks()
+	// Each row of the shared uids takes a while to insert, so both batches are inserting at once.
+	_, err = f.db.Pool().Exec(f.ctx, `
+		CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.amount IN (10, 20, 30, 40) THEN PERFORM pg_sleep(0.3); END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER slow_insert BEFORE INSERT ON transactions FOR EACH ROW EXECUTE FUNCTION slow_insert();`)
+	require.NoError(t, err)
+	u1, u2, u3, u4 := f.user(t), f.user(t), f.user(t), f.user(t)
+	x, y := uuid.New(), uuid.New()
+
+	// Each instance's worker waits on a blocker, while the next batch queues behind it.
+	blockP, blockQ := deposit(f.user(t), 1), deposit(f.user(t), 1)
+	releaseP, releaseQ := f.holdUID(t, blockP.UID), f.holdUID(t, blockQ.UID)
+	stallP, stallQ := submitTo(t, f.ctx, f.db, blockP, 0), submitTo(t, f.ctx, other, blockQ, 0)
+	f.waitForLockWaiters(t, 2)
+	onP := []<-chan result{
+		submitTo(t, f.ctx, f.db, ledger.Request{UID: x, UserID: u1, Type: ledger.Deposit, Amount: 10}, 1),
+		submitTo(t, f.ctx, f.db, ledger.Request{UID: y, UserID: u2, Type: ledger.Deposit, Amount: 20}, 2),
+	}
+	onQ := []<-chan result{
+		submitTo(t, f.ctx, other, ledger.Request{UID: y, UserID: u3, Type: ledger.Deposit, Amount: 30}, 1),
+		submitTo(t, f.ctx, other, ledger.Request{UID: x, UserID: u4, Type: ledger.Deposit, Amount: 40}, 2),
+	}
+	releaseP()
+	releaseQ()
+	require.NoError(t, (<-stallP).err)
+	require.NoError(t, (<-stallQ).err)
+	var applied, conflicts int
+	for _, c := range append(onP, onQ...) {
+		r := <-c
+		switch {
+		case r.err == nil:
+			applied++
+		case ledger.ErrorCode(r.err) == ledger.CodeIdempotencyConflict:
+			conflicts++
+		default:
+			t.Errorf("unexpected error: %v", r.err)
+		}
+	}
+	require.Equal(t, 2, applied, "each uid takes effect once")
+	require.Equal(t, 2, conflicts)
+	require.Equal(t, before, deadlocks(), "no deadlock was detected")
 }

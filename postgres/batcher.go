@@ -2,10 +2,13 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // Group commit. Concurrent transaction requests queue here; each of a few workers takes
@@ -37,12 +40,16 @@ type batcher struct {
 	stop    chan struct{}
 	stopped sync.WaitGroup
 
-	mu     sync.RWMutex // held for reading while a request is queued, for writing to close
+	mu     sync.RWMutex // held for reading to queue a request, for writing to close
 	closed bool
 }
 
+// queueLength bounds the requests waiting for a worker; a request that finds the queue full is
+// recorded alone by its caller. Requests in flight are bounded by the API's MAX_CONNECTIONS.
+const queueLength = 4096
+
 func newBatcher(db *DB, max, workers int) *batcher {
-	b := &batcher{db: db, max: max, queue: make(chan *writeRequest, max*workers), stop: make(chan struct{})}
+	b := &batcher{db: db, max: max, queue: make(chan *writeRequest, queueLength), stop: make(chan struct{})}
 	for range workers {
 		b.stopped.Add(1)
 		go b.work()
@@ -53,20 +60,27 @@ func newBatcher(db *DB, max, workers int) *batcher {
 // submit queues w and waits for its batch to commit. A request whose context ends while it
 // is queued is dropped before its batch starts; once a batch holding it started, it ends as
 // a whole, committed or not, whatever the request's context does, and a later retry with the
-// same uid finds out which.
+// same uid finds out which. The queue is never waited on: a request that finds it full is
+// marked alone.
 func (b *batcher) submit(ctx context.Context, w *writeRequest) error {
 	w.ctx, w.enqueued, w.done = ctx, time.Now(), make(chan struct{})
 	b.mu.RLock()
-	if b.closed {
-		b.mu.RUnlock()
-		return errBatcherStopped
+	closed := b.closed
+	queued := false
+	if !closed {
+		select {
+		case b.queue <- w:
+			queued = true
+		default:
+		}
 	}
-	select {
-	case b.queue <- w:
-		b.mu.RUnlock()
-	case <-ctx.Done():
-		b.mu.RUnlock()
-		return ctx.Err()
+	b.mu.RUnlock()
+	switch {
+	case closed:
+		return errBatcherStopped
+	case !queued:
+		w.alone = true
+		return nil
 	}
 	select {
 	case <-w.done:
@@ -116,10 +130,22 @@ func (b *batcher) run(batch []*writeRequest) {
 		return
 	}
 	b.db.metrics.size.Observe(float64(len(live)))
-	// The server drains before Close stops the workers, so a batch always finishes.
+	// The server drains before Close stops the workers, so a batch always finishes: it never
+	// waits on a user's lock (tryUsersSQL).
 	ctx, end := batchContext(live)
-	b.db.record(ctx, live)
-	end()
+	defer end()
+	defer func() {
+		// A panic (a bug) fails this batch's requests, not the process.
+		if r := recover(); r != nil {
+			for _, w := range live {
+				w.out, w.err, w.alone = ledger.Outcome{}, fmt.Errorf("write batch: panic: %v", r), false
+			}
+			for _, w := range live {
+				close(w.done)
+			}
+		}
+	}()
+	b.db.record(ctx, live, false)
 	b.db.metrics.duration.Observe(time.Since(start).Seconds())
 	for _, w := range live {
 		close(w.done)

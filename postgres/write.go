@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -21,18 +22,27 @@ import (
 // COMMIT (the second round trip). A request alone is a batch of one; batcher.go groups
 // concurrent requests into larger batches.
 
-// lockUsersSQL queues on each user's advisory lock, in the order given (ascending ids, so that
-// two batches never wait on each other in a cycle). The advisory lock comes before the row
-// lock because taking it gives the transaction no id: the row lock does, so each write to a
-// user gets its transaction id only once the previous one committed, and the outbox's
-// transaction order is each user's sequence order.
-const lockUsersSQL = `SELECT pg_advisory_xact_lock(k.high, k.low) FROM unnest($1::int4[], $2::int4[]) AS k(high, low)`
+// A user's writes are serialized by an advisory lock on the user's key (userLockKey, spelled
+// here in SQL), taken before the row lock: taking it gives the transaction no id, the row lock
+// does, so each write to a user gets its transaction id only once the previous one committed,
+// and the outbox's transaction order is each user's sequence order.
 
-// lockUserRowsSQL locks the users' rows in id order and reads what Decide needs. Read
-// committed gives it, and the uid lookup after it, a snapshot taken once the advisory locks
-// are held, so they see a write or a duplicate uid that committed while the batch waited.
+// waitForUsersSQL queues on each user's lock, in the order given (ascending ids). Only a
+// request recorded alone waits, under its own request's context.
+const waitForUsersSQL = `SELECT pg_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4) FROM unnest($1::bigint[]) AS id`
+
+// tryUsersSQL takes each user's lock if it is free and lists the users whose lock is busy. A
+// batch never waits on a user lock: waiting would hold every other member, and the worker,
+// behind one slow user. Members whose user is busy are recorded alone, by their callers.
+const tryUsersSQL = `SELECT id FROM unnest($1::bigint[]) AS id WHERE NOT pg_try_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4)`
+
+// lockUserRowsSQL locks the rows of the users whose lock the transaction holds (taking it
+// again is free; a lock that came free since tryUsersSQL is taken now) in id order and reads
+// what Decide needs. Read committed gives it, and the uid lookup after it, a snapshot taken
+// once the user locks are held, so they see a write or a duplicate uid that committed before.
 const lockUserRowsSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users
-	WHERE id = ANY($1) ORDER BY id FOR UPDATE`
+	WHERE id = ANY($1) AND pg_try_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4)
+	ORDER BY id FOR UPDATE`
 
 const findUIDsSQL = "SELECT " + txColumns + ", response_status, response_body FROM transactions WHERE uid = ANY($1)"
 
@@ -75,9 +85,9 @@ type writeRequest struct {
 
 	out ledger.Outcome
 	err error // the request's own refusal (not found, idempotency conflict) or the batch's failure
-	// alone is set when the request cannot be decided inside a larger batch (it is back-dated
-	// against its user's state there, or the batch failed for a reason one member may cause):
-	// its caller records it again as a batch of one.
+	// alone is set when the request cannot be decided inside a batch (it is back-dated against
+	// its user's state there, or its user's lock is busy): its caller records it again alone,
+	// waiting for the lock under its own context.
 	alone bool
 
 	// Set by the batcher.
@@ -102,29 +112,36 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 		}
 		*w = writeRequest{req: req, render: render}
 	}
-	db.record(ctx, []*writeRequest{w})
+	db.record(ctx, []*writeRequest{w}, true)
 	return w.out, dbErr(w.err)
 }
 
-// record runs a batch to its end: every member gets an answer, an error, or, in a batch of
-// several, alone. An attempt that fails on a lost connection, a serialization failure or a
-// deadlock is retried whole (retry). A unique violation means another transaction committed
-// one of the uids first; the retry reads it and answers that member as a replay or a
-// conflict, so its neighbours go on. Any other failure could be one member's doing: each
-// member is then recorded alone, so that only the culprit fails.
-func (db *DB) record(ctx context.Context, batch []*writeRequest) {
+// record runs a batch to its end: every member gets an answer, an error, or alone. alone says
+// the batch is one request recorded by its own caller, which waits for its user's lock and may
+// back-date. An attempt that fails on a serialization failure or a deadlock is retried whole
+// (retry). A unique violation means another transaction committed one of the uids first; the
+// retry reads it and answers that member as a replay or a conflict, so its neighbours go on.
+// A lost connection fails every member with 503: a retry of a uid finds out whether the batch
+// committed. Any other failure could be one member's doing: the members are then recorded one
+// by one, in arrival order, so that only the culprit fails.
+func (db *DB) record(ctx context.Context, batch []*writeRequest, alone bool) {
 	_, err := retry(ctx, true, func() (struct{}, error) {
 		for _, w := range batch {
 			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
 		}
-		return struct{}{}, db.recordOnce(ctx, batch)
+		return struct{}{}, db.recordOnce(ctx, batch, alone)
 	})
 	if err == nil {
 		return
 	}
-	alone := len(batch) > 1 && ledger.ErrorCode(dbErr(err)) != ledger.CodeUnavailable
+	if len(batch) == 1 || ledger.ErrorCode(dbErr(err)) == ledger.CodeUnavailable {
+		for _, w := range batch {
+			w.out, w.err = ledger.Outcome{}, err
+		}
+		return
+	}
 	for _, w := range batch {
-		w.out, w.err, w.alone = ledger.Outcome{}, err, alone
+		db.record(ctx, []*writeRequest{w}, false)
 	}
 }
 
@@ -137,16 +154,20 @@ type userState struct {
 
 // recordOnce is one attempt at a batch, in one database transaction of two round trips (three
 // for a back-dated request alone).
-func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest) error {
+func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone bool) error {
 	return db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
-		users, stored, err := loadState(ctx, tx, batch)
+		users, busy, stored, err := loadState(ctx, tx, batch, alone)
 		if err != nil {
 			return err
 		}
 		var writes writeSet
 		seen := make(map[uuid.UUID]*writeRequest, len(batch))
 		for _, w := range batch {
-			if err := db.decide(ctx, tx, w, users, stored, seen, len(batch) == 1, &writes); err != nil {
+			if busy[w.req.UserID] && users[w.req.UserID] == nil {
+				w.alone = true
+				continue
+			}
+			if err := db.decide(ctx, tx, w, users, stored, seen, alone, &writes); err != nil {
 				return err
 			}
 		}
@@ -159,9 +180,10 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest) error {
 	})
 }
 
-// loadState takes the locks of every user in the batch and reads their state and every
-// stored transaction whose uid the batch carries, in the first round trip.
-func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map[int64]*userState, map[uuid.UUID]ledger.Outcome, error) {
+// loadState takes the locks of the batch's users (waiting for them only when alone) and reads
+// their state and every stored transaction whose uid the batch carries, in the first round
+// trip. busy lists the users whose lock another transaction holds.
+func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alone bool) (users map[int64]*userState, busy map[int64]bool, stored map[uuid.UUID]ledger.Outcome, err error) {
 	ids := make([]int64, 0, len(batch))
 	uids := make([]pgtype.UUID, 0, len(batch))
 	for _, w := range batch {
@@ -169,14 +191,22 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	highs, lows := make([]int32, len(ids)), make([]int32, len(ids))
-	for i, id := range ids {
-		highs[i], lows[i] = userLockKey(id)
-	}
-	users := make(map[int64]*userState, len(ids))
-	stored := map[uuid.UUID]ledger.Outcome{}
+	users, busy, stored = make(map[int64]*userState, len(ids)), map[int64]bool{}, map[uuid.UUID]ledger.Outcome{}
 	q := &pgx.Batch{}
-	q.Queue(lockUsersSQL, highs, lows)
+	if alone {
+		q.Queue(waitForUsersSQL, ids)
+	} else {
+		q.Queue(tryUsersSQL, ids).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id int64
+				if err := rows.Scan(&id); err != nil {
+					return err
+				}
+				busy[id] = true
+			}
+			return rows.Err()
+		})
+	}
 	q.Queue(lockUserRowsSQL, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id int64
@@ -205,14 +235,14 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest) (map
 		}
 		return rows.Err()
 	})
-	return users, stored, tx.begin(ctx, q)
+	return users, busy, stored, tx.begin(ctx, q)
 }
 
 // decide answers one request of a batch against its user's state and queues what it writes.
 // A request is answered from a stored transaction with its uid, or from an earlier member of
 // the batch with the same uid, exactly as a retry across batches would be. Back-dating moves
-// later rows and needs reads of its own, so only a request alone (alone) does it; in a larger
-// batch such a request is marked alone and recorded again by itself.
+// later rows and needs reads of its own, so only a request recorded alone does it; in a batch
+// such a request is marked alone and recorded again by its caller.
 func (db *DB) decide(ctx context.Context, tx *pipelinedTx, w *writeRequest, users map[int64]*userState,
 	stored map[uuid.UUID]ledger.Outcome, seen map[uuid.UUID]*writeRequest, alone bool, writes *writeSet) error {
 	req := w.req
@@ -353,12 +383,29 @@ func (s *writeSet) queue(q *pgx.Batch) *pgx.Batch {
 	return q
 }
 
-// args are writeSQL's parameters.
+// args are writeSQL's parameters. The transactions go in uid order: two batches that insert
+// some of the same uids (for different users, so their user locks do not order them) then
+// wait on each other's first shared uid only, never in a cycle. Events keep arrival order.
 func (s *writeSet) args() []any {
-	return []any{s.uids, s.userIDs, s.seqs, s.types, s.amounts, s.times, s.timestampGiven, s.statuses,
-		s.reasons, s.balanceAfter, s.replyStatus, s.replyBody, s.createdAt,
+	order := make([]int, len(s.uids))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(s.uids[a].Bytes[:], s.uids[b].Bytes[:]) })
+	return []any{permute(s.uids, order), permute(s.userIDs, order), permute(s.seqs, order), permute(s.types, order),
+		permute(s.amounts, order), permute(s.times, order), permute(s.timestampGiven, order), permute(s.statuses, order),
+		permute(s.reasons, order), permute(s.balanceAfter, order), permute(s.replyStatus, order),
+		permute(s.replyBody, order), permute(s.createdAt, order),
 		s.eventIDs, s.eventUsers, s.eventSeqs, s.eventTypes, s.eventBodies,
 		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser}
+}
+
+func permute[T any](xs []T, order []int) []T {
+	out := make([]T, len(order))
+	for i, j := range order {
+		out[i] = xs[j]
+	}
+	return out
 }
 
 // userLockKey is the advisory lock key of a user's writes. Users take the two-int4 key space
