@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"runtime"
 	"strings"
 	"testing"
@@ -255,6 +256,10 @@ func FuzzParseAmount(f *testing.F) {
 		}
 		if a <= 0 || a > ledger.MaxAmount {
 			t.Fatalf("ParseAmount(%q) = %d, outside (0, MaxAmount]", s, a)
+		}
+		// Exact arithmetic agrees, whichever path ParseAmount took.
+		if r, ok := new(big.Rat).SetString(s); !ok || r.Mul(r, big.NewRat(100, 1)).Cmp(big.NewRat(int64(a), 1)) != 0 {
+			t.Fatalf("ParseAmount(%q) = %d cents, but its exact value is %v", s, a, r)
 		}
 		text := a.String()
 		again, err := ledger.ParseAmount(text)
