@@ -26,6 +26,7 @@ import (
 
 	"github.com/tally-ledger/tally/internal/pgtest"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/postgres"
 )
 
 func loadOpenAPI(t *testing.T) *openapi3.T {
@@ -507,8 +508,10 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	_, body = closing.expect(t, http.StatusServiceUnavailable, exchange{method: "GET", target: "/readyz"})
 	require.Equal(t, map[string]string{"status": "shutting down"}, decodeJSON[map[string]string](t, body))
 
-	// A database that is gone: not ready, and every store call is an internal error.
-	gone, _ := pgtest.NewDB(t)
+	// A database that is gone: not ready, and every store call is an internal error. (With
+	// batching on, a closed store's writes are 503 instead: it is shutting down; see below.)
+	gone, err := postgres.Open(context.Background(), pgtest.NewDatabase(t), postgres.WithWriteBatching(1, 1))
+	require.NoError(t, err)
 	gone.Close()
 	broken := s.sharing(t, NewServer(gone, log, &Health{}))
 	_, body = broken.expect(t, http.StatusServiceUnavailable, exchange{method: "GET", target: "/readyz"})
@@ -526,6 +529,13 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	for _, ex := range storeCalls {
 		_, body = broken.expect(t, http.StatusInternalServerError, ex)
 		require.NotContains(t, string(body), "closed", "no internal error text reaches the client")
+	}
+	stoppedDB, _ := pgtest.NewDB(t)
+	stoppedDB.Close()
+	stopped := s.sharing(t, NewServer(stoppedDB, log, &Health{}))
+	for _, method := range []string{"POST", "PUT"} {
+		stopped.expect(t, http.StatusServiceUnavailable, exchange{method: method, target: "/v1/transaction", contentType: jsonType,
+			body: jsonBody(map[string]any{"uid": uuid.NewString(), "user_id": alice, "type": "DEPOSIT", "amount": "1"})})
 	}
 	// A client that went away before the store answered.
 	for _, ex := range storeCalls {
