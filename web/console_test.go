@@ -29,7 +29,7 @@ var updateScreenshot = flag.Bool("update-screenshot", false, "write docs/img/con
 
 // chromium finds Debian's chromium. Without it the browser tests skip, except under CI=1,
 // where a skip would hide that the console went untested.
-func chromium(t *testing.T) string {
+func chromium(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
 		if path, err := exec.LookPath(name); err == nil {
@@ -56,22 +56,11 @@ type page struct {
 // uncaught exception) fails the test.
 func openConsole(t *testing.T, opts ...httpapi.Option) *page {
 	t.Helper()
-	exe := chromium(t)
 	db, _ := pgtest.NewDB(t)
 	srv := httptest.NewServer(httpapi.NewServer(db, httpapi.NewLogger(io.Discard, 0), &httpapi.Health{}, opts...))
 	t.Cleanup(srv.Close)
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(exe), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 1000))
-	t.Cleanup(cancelAlloc)
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(cancel)
-	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate("about:blank")), "start chromium")
-
+	ctx := startBrowser(t)
 	messages := chromedp.Console(ctx)
 	problems := make(chan string, 100)
 	go func() {
@@ -95,6 +84,25 @@ func openConsole(t *testing.T, opts ...httpapi.Option) *page {
 		}
 	})
 	return &page{ctx: ctx, base: srv.URL, db: db, t: t}
+}
+
+// startBrowser starts a headless chromium with a fresh profile, closed when the test ends.
+func startBrowser(tb testing.TB) context.Context {
+	tb.Helper()
+	exe := chromium(tb)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(exe), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.UserDataDir(tb.TempDir()),
+		chromedp.WindowSize(1280, 1000))
+	tb.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	tb.Cleanup(cancel)
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		tb.Fatalf("start chromium: %v", err)
+	}
+	return ctx
 }
 
 // do runs actions with a deadline; a loaded machine makes a browser slow, not wrong.
@@ -341,12 +349,15 @@ func screenshot(t *testing.T) {
 	script := strings.Replace(string(demo), `\set ON_ERROR_STOP on`, "", 1)
 	_, err = p.db.Pool().Exec(context.Background(), script)
 	require.NoError(t, err)
-	p.do(chromedp.EmulateViewport(1280, 1100), chromedp.Navigate(p.base+"/console/users/1"))
+	p.do(chromedp.EmulateViewport(1280, 1400), chromedp.Navigate(p.base+"/console/users/1"))
 	p.waitFor("document.getElementById('chart').dataset.points === '200' && document.querySelectorAll('#history-table tbody tr').length > 0 && document.getElementById('events').dataset.following === 'true'")
+	p.do(setValue("range-from", "2021-11-01T00:00:00"), setValue("range-to", "2022-11-01T00:00:00"),
+		chromedp.Click(chromedp.CSS("#range-form button[type=submit]")))
+	p.waitFor("document.getElementById('chart-status').textContent.includes('2022-11-01 00:00:00 UTC') && document.querySelectorAll('#events li').length >= 20")
 	p.do(setValue("at", "2022-05-05T00:00:00"), chromedp.Click(chromedp.CSS("#at-form button")))
 	p.waitFor("document.getElementById('at-result').dataset.balance === '2904.13'")
 	box := eval[[]float64](p, "(() => { const r = document.querySelector('#chart .u-over').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
-	p.do(chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, box[0]+box[2]*0.52, box[1]+box[3]/2))
+	p.do(chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, box[0]+box[2]*0.45, box[1]+box[3]/2))
 	p.waitFor("document.getElementById('chart-hover').textContent.includes('set by')")
 	ctx, cancel := context.WithTimeout(p.ctx, 60*time.Second)
 	defer cancel()

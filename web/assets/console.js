@@ -154,7 +154,7 @@ async function openUser(id) {
   if (r.status !== 200) {
     $('user-section').hidden = true;
     state.user = null;
-    text($('find-status'), words(r));
+    if (r.status !== 401) text($('find-status'), words(r));
     return;
   }
   const fresh = !state.user || state.user.id !== r.data.id;
@@ -252,7 +252,7 @@ function draw() {
     series: [{}, {
       label: 'Balance', stroke: '#1f6feb', width: 2, fill: 'rgba(31,111,235,0.08)',
       paths: uPlot.paths.stepped({ align: 1 }),
-      points: { show: true, size: 4 },
+      points: { show: false },
     }],
     hooks: {
       setCursor: [(plot) => {
@@ -418,14 +418,15 @@ $('events-form').addEventListener('submit', (ev) => ev.preventDefault());
 
 // --- start ---------------------------------------------------------------------------------
 
+// The access check and the user's page load side by side; without a token both stop at the
+// prompt, and the page loads once a token is accepted.
 (async () => {
-  if (await checkAccess()) {
-    await route();
+  const [ok] = await Promise.all([checkAccess(), route()]);
+  if (ok) {
     followEvents();
-  } else {
-    // Start once a token is accepted.
-    const wait = setInterval(async () => {
-      if ($('token-section').hidden) { clearInterval(wait); followEvents(); }
-    }, 300);
+    return;
   }
+  const wait = setInterval(() => {
+    if ($('token-section').hidden) { clearInterval(wait); followEvents(); }
+  }, 300);
 })();
