@@ -460,8 +460,8 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	type seriesBody struct {
 		From   string `json:"from"`
 		Points []struct {
-			At          string          `json:"at"`
-			Balance     string          `json:"balance"`
+			At          string         `json:"at"`
+			Balance     string         `json:"balance"`
 			Transaction *openAPIRecord `json:"transaction"`
 		} `json:"points"`
 	}
