@@ -362,7 +362,7 @@ def test_unknown_scalar_fields_are_ignored(api, user):
 @pytest.mark.parametrize("method, path", [
     ("GET", "/"),
     ("GET", "/v1"),
-    ("GET", "/v1/users"),
+    ("GET", "/v1/usersx"),
     ("POST", "/v1/user/"),
     ("GET", "/v1/transactions"),
     ("GET", "/v1/user/1/balance/extra"),

@@ -61,6 +61,24 @@ func newTransactionJSON(t ledger.Transaction) transactionJSON {
 	}
 }
 
+type usersJSON struct {
+	Items      []userJSON `json:"items"`
+	NextCursor *string    `json:"next_cursor"`
+}
+
+type seriesJSON struct {
+	UserID int64             `json:"user_id"`
+	From   string            `json:"from"`
+	To     string            `json:"to"`
+	Points []seriesPointJSON `json:"points"`
+}
+
+type seriesPointJSON struct {
+	At          string           `json:"at"`
+	Balance     ledger.Amount    `json:"balance"`
+	Transaction *transactionJSON `json:"transaction"`
+}
+
 type historyJSON struct {
 	Items      []transactionJSON `json:"items"`
 	NextCursor *string           `json:"next_cursor"`

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -24,6 +25,9 @@ type Store interface {
 	Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error)
 	Transaction(ctx context.Context, uid uuid.UUID) (ledger.Transaction, error)
 	History(ctx context.Context, q ledger.HistoryQuery) ([]ledger.Transaction, *ledger.Cursor, error)
+	Users(ctx context.Context, q ledger.UserQuery) ([]ledger.User, *ledger.UserCursor, error)
+	SeriesStart(ctx context.Context, userID int64) (time.Time, error)
+	BalanceSeries(ctx context.Context, userID int64, instants []time.Time) ([]ledger.SeriesPoint, error)
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
 	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
 	EventStart(ctx context.Context) (ledger.EventCursor, error)
@@ -278,6 +282,15 @@ func parseHistoryQuery(r *http.Request) (ledger.HistoryQuery, error) {
 			return q, err
 		}
 	}
+	q.Status = ledger.HistoryApplied
+	if query.Has("status") {
+		switch s := ledger.HistoryStatus(query.Get("status")); s {
+		case ledger.HistoryApplied, ledger.HistoryRejected, ledger.HistoryAll:
+			q.Status = s
+		default:
+			return q, ledger.Invalid("status", "status must be APPLIED, REJECTED or ALL")
+		}
+	}
 	if c := query.Get("cursor"); c != "" {
 		cursor, err := decodeCursor(c)
 		if err != nil {
@@ -314,4 +327,153 @@ func decodeCursor(s string) (ledger.Cursor, error) {
 		return ledger.Cursor{}, ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
 	}
 	return c, nil
+}
+
+// Page sizes of the user search.
+const (
+	defaultUserPageSize = 20
+	maxUserPageSize     = 100
+)
+
+func handleListUsers(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, err := parseUserQuery(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		page, next, err := store.Users(r.Context(), q)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		body := usersJSON{Items: make([]userJSON, 0, len(page))}
+		for _, u := range page {
+			body.Items = append(body.Items, newUserJSON(u))
+		}
+		if next != nil {
+			c := encodeUserCursor(*next)
+			body.NextCursor = &c
+		}
+		encode(w, http.StatusOK, body)
+	})
+}
+
+func parseUserQuery(r *http.Request) (ledger.UserQuery, error) {
+	q := ledger.UserQuery{Limit: defaultUserPageSize}
+	query := r.URL.Query()
+	q.NamePrefix = query.Get("name")
+	if !utf8.ValidString(q.NamePrefix) || strings.ContainsRune(q.NamePrefix, 0) {
+		return q, ledger.Invalid("name", "name must be UTF-8 text without NUL characters")
+	}
+	if utf8.RuneCountInString(q.NamePrefix) > ledger.MaxNameLength {
+		return q, ledger.Invalid("name", fmt.Sprintf("name is a prefix of a name: at most %d characters", ledger.MaxNameLength))
+	}
+	var err error
+	if query.Has("limit") {
+		if q.Limit, err = parseLimit(query.Get("limit"), maxUserPageSize); err != nil {
+			return q, err
+		}
+	}
+	if c := query.Get("cursor"); c != "" {
+		cursor, err := decodeUserCursor(c)
+		if err != nil {
+			return q, err
+		}
+		q.After = &cursor
+	}
+	return q, nil
+}
+
+// A user cursor is base64url of "<id>.<name>": the last user of the page, in name order.
+func encodeUserCursor(c ledger.UserCursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.ID, 10) + "." + c.Name))
+}
+
+func decodeUserCursor(s string) (ledger.UserCursor, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	id, name, found := strings.Cut(string(raw), ".")
+	if err != nil || !found || !plainDigits(id) || !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
+		return ledger.UserCursor{}, ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
+	}
+	n, err := strconv.ParseInt(id, 10, 64)
+	if err != nil {
+		return ledger.UserCursor{}, ledger.Invalid("cursor", "cursor is not one this service returned; pass next_cursor from the previous page")
+	}
+	return ledger.UserCursor{Name: name, ID: n}, nil
+}
+
+// defaultSeriesPoints is the size of a balance series when points is not given.
+const defaultSeriesPoints = 200
+
+// defaultSeriesSpan is the span of a series without from whose user starts at or after to.
+const defaultSeriesSpan = time.Hour
+
+func handleBalanceSeries(store Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, err := parseSeriesQuery(r, time.Now())
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		var from time.Time
+		if q.From != nil {
+			from = *q.From
+		} else if from, err = store.SeriesStart(r.Context(), q.UserID); err != nil {
+			writeError(w, r, log, err)
+			return
+		} else if !from.Before(q.To) {
+			from = q.To.Add(-defaultSeriesSpan)
+		}
+		points, err := store.BalanceSeries(r.Context(), q.UserID, ledger.SeriesInstants(from, q.To, q.Points))
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		body := seriesJSON{UserID: q.UserID, From: ledger.FormatTime(from), To: ledger.FormatTime(q.To),
+			Points: make([]seriesPointJSON, 0, len(points))}
+		for _, p := range points {
+			point := seriesPointJSON{At: ledger.FormatTime(p.At), Balance: p.Balance}
+			if p.Tx != nil {
+				tj := newTransactionJSON(*p.Tx)
+				point.Transaction = &tj
+			}
+			body.Points = append(body.Points, point)
+		}
+		encode(w, http.StatusOK, body)
+	})
+}
+
+// parseSeriesQuery reads ?from=&to=&points=; to defaults to now, from to the user's start
+// (left nil here).
+func parseSeriesQuery(r *http.Request, now time.Time) (ledger.SeriesQuery, error) {
+	q := ledger.SeriesQuery{To: now.UTC().Truncate(time.Microsecond), Points: defaultSeriesPoints}
+	var err error
+	if q.UserID, err = parseID("id", r.PathValue("id")); err != nil {
+		return q, err
+	}
+	query := r.URL.Query()
+	if query.Has("from") {
+		from, err := ledger.ParseTime("from", query.Get("from"))
+		if err != nil {
+			return q, err
+		}
+		q.From = &from
+	}
+	if query.Has("to") {
+		if q.To, err = ledger.ParseTime("to", query.Get("to")); err != nil {
+			return q, err
+		}
+	}
+	if q.From != nil && !q.From.Before(q.To) {
+		return q, ledger.Invalid("from", fmt.Sprintf("from (%s) must be before to (%s)", ledger.FormatTime(*q.From), ledger.FormatTime(q.To)))
+	}
+	if query.Has("points") {
+		n, err := strconv.Atoi(query.Get("points"))
+		if !plainDigits(query.Get("points")) || err != nil || n < 2 || n > ledger.MaxSeriesPoints {
+			return q, ledger.Invalid("points", fmt.Sprintf("points must be an integer from 2 to %d", ledger.MaxSeriesPoints))
+		}
+		q.Points = n
+	}
+	return q, nil
 }

@@ -440,8 +440,46 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	}
 	require.Len(t, pages, 3, "five applied transactions in pages of two")
 	s.expect(t, http.StatusOK, exchange{method: "GET", target: userPath(bob, "/transactions")})
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: userPath(alice, "/transactions?status=ALL")})
+	require.Len(t, decodeJSON[historyPage](t, body).Items, 7, "five applied, two refused")
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: userPath(alice, "/transactions?status=REJECTED&limit=1")})
+	require.Equal(t, "REJECTED", decodeJSON[historyPage](t, body).Items[0].Status)
 
-	for _, target := range []string{userPath(999999, ""), userPath(999999, "/balance"), userPath(999999, "/transactions"), "/v1/transaction/" + uuid.NewString()} {
+	// The console's reads: users by name prefix, the balance series.
+	type userPage struct {
+		Items      []openAPIRecord `json:"items"`
+		NextCursor *string         `json:"next_cursor"`
+	}
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/users?limit=2"})
+	users := decodeJSON[userPage](t, body)
+	require.Len(t, users.Items, 2)
+	require.NotNil(t, users.NextCursor)
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/users?limit=2&cursor=" + *users.NextCursor})
+	require.Len(t, decodeJSON[userPage](t, body).Items, 2, "Alice, Bob, then Carol and Rich")
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: "/v1/users?name=" + url.QueryEscape("Ca")})
+	require.Equal(t, []openAPIRecord{{ID: decodeJSON[userPage](t, body).Items[0].ID, Balance: "0.00"}}, decodeJSON[userPage](t, body).Items)
+	type seriesBody struct {
+		From   string `json:"from"`
+		Points []struct {
+			At          string         `json:"at"`
+			Balance     string         `json:"balance"`
+			Transaction *openAPIRecord `json:"transaction"`
+		} `json:"points"`
+	}
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: userPath(alice, "/balance/series?from=2022-05-01&to=2022-05-31&points=31")})
+	series := decodeJSON[seriesBody](t, body)
+	require.Len(t, series.Points, 31)
+	require.Equal(t, "2022-05-05T00:00:00Z", series.Points[4].At)
+	require.Equal(t, "120.50", series.Points[4].Balance, "the balance at 5.05.2022, as GET /v1/user/{id}?date= says")
+	_, body = s.expect(t, http.StatusOK, exchange{method: "GET", target: userPath(alice, "/balance/series")})
+	series = decodeJSON[seriesBody](t, body)
+	require.Len(t, series.Points, 200)
+	require.Equal(t, "2022-05-01T00:00:00Z", series.From, "from defaults to the first transaction")
+	require.Equal(t, "100.00", series.Points[0].Balance, "the first point is the first transaction's instant")
+	require.NotNil(t, series.Points[0].Transaction)
+
+	for _, target := range []string{userPath(999999, ""), userPath(999999, "/balance"), userPath(999999, "/transactions"), "/v1/transaction/" + uuid.NewString(),
+		userPath(999999, "/balance/series"), userPath(999999, "/balance/series?from=2020-01-01")} {
 		s.expect(t, http.StatusNotFound, exchange{method: "GET", target: target})
 	}
 	for _, ex := range []exchange{
@@ -456,6 +494,17 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 		{target: userPath(alice, "/transactions?from=31.02.2022")},
 		{target: "/v1/user/x/transactions", offSpec: true},
 		{target: "/v1/transaction/42", offSpec: true},
+		{target: userPath(alice, "/transactions?status=applied"), offSpec: true},
+		{target: "/v1/users?limit=0", offSpec: true},
+		{target: "/v1/users?limit=101", offSpec: true},
+		{target: "/v1/users?cursor=nope"},
+		{target: "/v1/users?name=%FF"},
+		{target: "/v1/users?name=" + strings.Repeat("x", 201), offSpec: true},
+		{target: userPath(alice, "/balance/series?points=1"), offSpec: true},
+		{target: userPath(alice, "/balance/series?points=1001"), offSpec: true},
+		{target: userPath(alice, "/balance/series?from=2023-01-02&to=2023-01-01")},
+		{target: userPath(alice, "/balance/series?from=2023-01-01&to=2023-01-01")},
+		{target: userPath(alice, "/balance/series?to=soon")},
 	} {
 		ex.method = "GET"
 		s.expect(t, http.StatusUnprocessableEntity, ex)
@@ -482,7 +531,8 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 
 	// Every path answers other methods with 405 and an Allow header.
 	for _, target := range []string{"/v1/user", userPath(alice, ""), userPath(alice, "/balance"), userPath(alice, "/transactions"),
-		"/v1/transaction", "/v1/transaction/" + deposit, "/v1/events", "/healthz", "/readyz", "/api/openapi.json", "/api/docs", "/api/docs/init.js"} {
+		"/v1/transaction", "/v1/transaction/" + deposit, "/v1/events", "/healthz", "/readyz", "/api/openapi.json", "/api/docs", "/api/docs/init.js",
+		"/v1/users", userPath(alice, "/balance/series"), "/console", "/console/users/1", "/console/console.js"} {
 		header, _ := s.expect(t, http.StatusMethodNotAllowed, exchange{method: "DELETE", target: target})
 		require.NotEmpty(t, header.Get("Allow"), target)
 	}
@@ -499,6 +549,12 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 	s.expect(t, http.StatusPartialContent, exchange{method: "GET", target: "/api/docs/swagger-ui.css", header: map[string]string{"Range": "bytes=0-99"}})
 	s.expect(t, http.StatusRequestedRangeNotSatisfiable, exchange{method: "GET", target: "/api/docs/swagger-ui.css", header: map[string]string{"Range": "bytes=99999999-"}})
 	s.expect(t, http.StatusNotFound, exchange{method: "GET", target: "/api/docs/missing.js"})
+	for _, target := range []string{"/console", "/console/users/1", "/console/console.js", "/console/console.css", "/console/uPlot.LICENSE"} {
+		header, _ := s.expect(t, http.StatusOK, exchange{method: "GET", target: target})
+		require.Contains(t, header.Get("Content-Security-Policy"), "script-src 'self'", target)
+	}
+	s.expect(t, http.StatusNotFound, exchange{method: "GET", target: "/console/missing.js"})
+	s.expect(t, http.StatusNotFound, exchange{method: "GET", target: "/console/index.html"})
 	s.expect(t, http.StatusNotFound, exchange{method: "GET", target: "/api/docs/..%2Fopenapi.json", offSpec: true})
 
 	// A server shutting down is not ready.
@@ -525,6 +581,9 @@ func TestOpenAPIResponsesMatchTheDocument(t *testing.T) {
 		{method: "PUT", target: "/v1/transaction", contentType: jsonType, body: jsonBody(map[string]any{"uid": uuid.NewString(), "user_id": alice, "type": "DEPOSIT", "amount": "1"})},
 		{method: "GET", target: "/v1/transaction/" + deposit},
 		{method: "GET", target: "/v1/events"},
+		{method: "GET", target: "/v1/users"},
+		{method: "GET", target: userPath(alice, "/balance/series?from=2020-01-01")},
+		{method: "GET", target: userPath(alice, "/balance/series")},
 	}
 	for _, ex := range storeCalls {
 		_, body = broken.expect(t, http.StatusInternalServerError, ex)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+
+	"github.com/tally-ledger/tally/web"
 )
 
 // route is one entry of the API; the OpenAPI test walks this list.
@@ -18,7 +20,9 @@ func routes(store Store, log *slog.Logger, health *Health, m *Metrics) []route {
 		{"POST", "/v1/user", handleCreateUser(store, log)},
 		{"GET", "/v1/user/{id}", handleGetUser(store, log)},
 		{"GET", "/v1/user/{id}/balance", handleGetBalance(store, log)},
+		{"GET", "/v1/user/{id}/balance/series", handleBalanceSeries(store, log)},
 		{"GET", "/v1/user/{id}/transactions", handleListTransactions(store, log)},
+		{"GET", "/v1/users", handleListUsers(store, log)},
 		{"POST", "/v1/transaction", handleCreateTransaction(store, log, m)},
 		{"PUT", "/v1/transaction", handleCreateTransaction(store, log, m)},
 		{"GET", "/v1/transaction/{uid}", handleGetTransaction(store, log)},
@@ -28,5 +32,8 @@ func routes(store Store, log *slog.Logger, health *Health, m *Metrics) []route {
 		{"GET", "/api/openapi.json", handleOpenAPI()},
 		{"GET", "/api/docs", handleDocs()},
 		{"GET", "/api/docs/{file}", handleDocs()},
+		{"GET", "/console", web.Page()},
+		{"GET", "/console/users/{id}", web.Page()},
+		{"GET", "/console/{file}", web.Files(handleNotFound())},
 	}
 }

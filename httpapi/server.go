@@ -63,10 +63,7 @@ func NewServer(store Store, log *slog.Logger, health *Health, opts ...Option) ht
 	for pattern, methods := range allowed {
 		mux.Handle(pattern, methodNotAllowed(methods))
 	}
-	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status, p := newProblem(ledger.CodeNotFound, "no such endpoint: "+ledger.Clip(r.Method)+" "+ledger.Clip(r.URL.Path)+"; see /api/docs", "")
-		writeProblem(w, status, p)
-	}))
+	mux.Handle("/", handleNotFound())
 	h := withRequestChecks(mux)
 	if len(o.tokens) > 0 {
 		h = withAuth(o.tokens, h)
@@ -120,6 +117,14 @@ func checkRequest(r *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// handleNotFound answers a path that names nothing with a problem, not the mux's plain text.
+func handleNotFound() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status, p := newProblem(ledger.CodeNotFound, "no such endpoint: "+ledger.Clip(r.Method)+" "+ledger.Clip(r.URL.Path)+"; see /api/docs", "")
+		writeProblem(w, status, p)
+	})
 }
 
 func methodNotAllowed(methods []string) http.Handler {

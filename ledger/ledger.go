@@ -306,10 +306,70 @@ type Cursor struct {
 	Seq  int64
 }
 
-// HistoryQuery selects a page of a user's applied transactions in timeline order.
+// HistoryQuery selects a page of a user's transactions in timeline order: the applied ones
+// unless Status says otherwise.
 type HistoryQuery struct {
 	UserID   int64
 	From, To *time.Time // inclusive bounds; nil means open
 	After    *Cursor
 	Limit    int
+	Status   HistoryStatus
+}
+
+// HistoryStatus selects which transactions a history lists.
+type HistoryStatus string
+
+// The history selections: applied (the timeline, the default), refused, or both interleaved.
+const (
+	HistoryApplied  HistoryStatus = "APPLIED"
+	HistoryRejected HistoryStatus = "REJECTED"
+	HistoryAll      HistoryStatus = "ALL"
+)
+
+// UserQuery selects a page of users whose name starts with a prefix, in name order.
+type UserQuery struct {
+	NamePrefix string
+	After      *UserCursor
+	Limit      int
+}
+
+// UserCursor marks a position in the name order: after (Name, ID).
+type UserCursor struct {
+	Name string
+	ID   int64
+}
+
+// MaxSeriesPoints bounds a balance series: each point is one index probe.
+const MaxSeriesPoints = 1000
+
+// SeriesQuery asks for a user's balance at Points evenly spaced instants from From to To,
+// both included. A nil From starts at the user's first transaction or creation, whichever is
+// earlier.
+type SeriesQuery struct {
+	UserID int64
+	From   *time.Time
+	To     time.Time
+	Points int
+}
+
+// SeriesPoint is the balance at an instant and the applied transaction that set it; Tx is nil
+// before the first one (the balance is then zero).
+type SeriesPoint struct {
+	At      time.Time
+	Balance Amount
+	Tx      *Transaction
+}
+
+// SeriesInstants spreads n instants evenly from from to to, both included, at microsecond
+// precision (the database's); n is at least 2 and from is before to. The arithmetic is in whole
+// microseconds, exact over any span of years 1 to 9999.
+func SeriesInstants(from, to time.Time, n int) []time.Time {
+	start := from.UnixMicro()
+	span, steps := to.UnixMicro()-start, int64(n-1)
+	step, rest := span/steps, span%steps
+	instants := make([]time.Time, n)
+	for i := range int64(n) {
+		instants[i] = time.UnixMicro(start + step*i + rest*i/steps).UTC()
+	}
+	return instants
 }

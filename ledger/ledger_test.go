@@ -593,3 +593,48 @@ func TestParseNameRejectsInvalidUTF8(t *testing.T) {
 		requireInvalid(t, err, "name")
 	}
 }
+
+func TestSeriesInstants(t *testing.T) {
+	t.Parallel()
+	day := func(s string) time.Time {
+		at, err := time.Parse(time.DateOnly, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	for _, tc := range []struct {
+		name     string
+		from, to time.Time
+		n        int
+		want     []string
+	}{
+		{name: "whole days", from: day("2023-01-01"), to: day("2023-01-05"), n: 5,
+			want: []string{"2023-01-01T00:00:00Z", "2023-01-02T00:00:00Z", "2023-01-03T00:00:00Z", "2023-01-04T00:00:00Z", "2023-01-05T00:00:00Z"}},
+		{name: "two points are the ends", from: day("2023-01-01"), to: day("2023-01-02"), n: 2,
+			want: []string{"2023-01-01T00:00:00Z", "2023-01-02T00:00:00Z"}},
+		{name: "a span that does not divide: whole microseconds, ends exact", from: day("2023-01-01"), to: day("2023-01-01").Add(10 * time.Microsecond), n: 4,
+			want: []string{"2023-01-01T00:00:00Z", "2023-01-01T00:00:00.000003Z", "2023-01-01T00:00:00.000006Z", "2023-01-01T00:00:00.00001Z"}},
+		{name: "years 1 to 9999 do not overflow", from: day("0001-01-01"), to: day("9999-12-31"), n: 3,
+			want: []string{"0001-01-01T00:00:00Z", "5000-07-02T00:00:00Z", "9999-12-31T00:00:00Z"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, at := range ledger.SeriesInstants(tc.from, tc.to, tc.n) {
+				got = append(got, at.Format(time.RFC3339Nano))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	instants := ledger.SeriesInstants(day("2020-01-01"), day("2020-01-01").Add(999*time.Hour+7), ledger.MaxSeriesPoints)
+	if len(instants) != ledger.MaxSeriesPoints {
+		t.Fatalf("%d instants", len(instants))
+	}
+	for i := 1; i < len(instants); i++ {
+		if !instants[i].After(instants[i-1]) {
+			t.Fatalf("instant %d (%v) is not after %v", i, instants[i], instants[i-1])
+		}
+	}
+}

@@ -29,6 +29,22 @@ func BenchmarkBalanceAt(b *testing.B) {
 	})
 }
 
+// BenchmarkBalanceSeries reads the console chart's 200 points over a whole history: one index
+// probe a point, so the time stays flat as the history grows.
+// Run: BENCH_LONG_HISTORY=1 go test ./postgres -run '^$' -bench 'BalanceSeries' -count 5
+func BenchmarkBalanceSeries(b *testing.B) {
+	benchmarkHistories(b, func(b *testing.B, db *postgres.DB, user int64, n int) {
+		start := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+		instants := ledger.SeriesInstants(start, start.Add(time.Duration(n)*time.Minute), 200)
+		for b.Loop() {
+			points, err := db.BalanceSeries(context.Background(), user, instants)
+			if err != nil || points[199].Balance != ledger.Amount(n) {
+				b.Fatalf("series %v, %v", len(points), err)
+			}
+		}
+	})
+}
+
 func BenchmarkCurrentBalance(b *testing.B) {
 	benchmarkHistories(b, func(b *testing.B, db *postgres.DB, user int64, n int) {
 		for b.Loop() {

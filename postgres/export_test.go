@@ -48,3 +48,9 @@ func (db *DB) ExplainWrite(ctx context.Context, users []int64) (string, error) {
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	return strings.Join(lines, "\n"), err
 }
+
+// SeriesSQL and UsersSQL let tests explain the queries behind BalanceSeries and Users.
+const (
+	SeriesSQL = seriesSQL
+	UsersSQL  = usersSQL
+)

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -139,55 +138,4 @@ func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (t ledger.Transact
 		return t, ledger.NotFound("transaction %s does not exist", uid)
 	}
 	return t, err
-}
-
-// History returns a page of a user's applied transactions in timeline order and, when more
-// follow, the cursor of the next page.
-func (db *DB) History(ctx context.Context, q ledger.HistoryQuery) (_ []ledger.Transaction, _ *ledger.Cursor, err error) {
-	defer func() { err = dbErr(err) }()
-	var exists bool
-	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", q.UserID).Scan(&exists); err != nil {
-		return nil, nil, err
-	}
-	if !exists {
-		return nil, nil, ledger.NotFound("user %d does not exist", q.UserID)
-	}
-	sql := "SELECT " + txColumns + " FROM transactions WHERE user_id = $1 AND status = 'APPLIED'"
-	args := []any{q.UserID}
-	if q.From != nil {
-		args = append(args, *q.From)
-		sql += " AND ts >= $2"
-	}
-	if q.To != nil {
-		args = append(args, *q.To)
-		sql += " AND ts <= $" + strconv.Itoa(len(args))
-	}
-	if q.After != nil {
-		args = append(args, q.After.Time, q.After.Seq)
-		sql += " AND (ts, seq) > ($" + strconv.Itoa(len(args)-1) + ", $" + strconv.Itoa(len(args)) + ")"
-	}
-	args = append(args, q.Limit+1)
-	sql += " ORDER BY ts, seq LIMIT $" + strconv.Itoa(len(args))
-	rows, err := db.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rows.Close()
-	var page []ledger.Transaction
-	for rows.Next() {
-		t, err := scanTransaction(rows)
-		if err != nil {
-			return nil, nil, err
-		}
-		page = append(page, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, err
-	}
-	if len(page) <= q.Limit {
-		return page, nil, nil
-	}
-	page = page[:q.Limit]
-	last := page[len(page)-1]
-	return page, &ledger.Cursor{Time: last.Timestamp, Seq: last.Seq}, nil
 }

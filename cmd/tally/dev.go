@@ -81,8 +81,8 @@ func devServe(ctx context.Context, cfg config, log *slog.Logger, stderr io.Write
 			if _, p, err := net.SplitHostPort(addr); err == nil {
 				port = p
 			}
-			fmt.Fprintf(stderr, "tally is running: API http://localhost:%s  Swagger UI http://localhost:%s/api/docs  %s (Ctrl-C to stop)\n",
-				port, port, where)
+			fmt.Fprintf(stderr, "tally is running: API http://localhost:%s  Swagger UI http://localhost:%s/api/docs  console http://localhost:%s/console  %s (Ctrl-C to stop)\n",
+				port, port, port, where)
 		case <-pgExited:
 			// The caller reports it, with the end of PostgreSQL's log.
 			pgExited = nil

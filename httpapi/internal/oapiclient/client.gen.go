@@ -243,6 +243,27 @@ func (e TransactionType) Valid() bool {
 	}
 }
 
+// Defines values for ListTransactionsParamsStatus.
+const (
+	ListTransactionsParamsStatusALL      ListTransactionsParamsStatus = "ALL"
+	ListTransactionsParamsStatusAPPLIED  ListTransactionsParamsStatus = "APPLIED"
+	ListTransactionsParamsStatusREJECTED ListTransactionsParamsStatus = "REJECTED"
+)
+
+// Valid indicates whether the value is a known member of the ListTransactionsParamsStatus enum.
+func (e ListTransactionsParamsStatus) Valid() bool {
+	switch e {
+	case ListTransactionsParamsStatusALL:
+		return true
+	case ListTransactionsParamsStatusAPPLIED:
+		return true
+	case ListTransactionsParamsStatusREJECTED:
+		return true
+	default:
+		return false
+	}
+}
+
 // Amount A sum of money as a decimal string with exactly two decimals. Amounts are exact (integer cents end to end) and never pass through floating point.
 //
 // Example: 100.00
@@ -271,6 +292,39 @@ type Balance struct {
 
 	// Balance The current balance, or the balance at `as_of` when `date` was given. Never negative.
 	Balance Amount `json:"balance"`
+
+	// UserId Example: 1
+	UserId UserID `json:"user_id"`
+}
+
+// BalancePoint defines model for BalancePoint.
+type BalancePoint struct {
+	// At An instant as the service returns it: RFC 3339 in UTC, with microseconds when they are not zero.
+	//
+	// Example: 2023-01-30T07:00:00.123456Z
+	At DateTime `json:"at"`
+
+	// Balance The balance at `at`: the `balance_after` of `transaction`, or 0.00 before the first.
+	Balance Amount `json:"balance"`
+
+	// Transaction The last applied transaction at or before `at`; null before the first.
+	Transaction *Transaction `json:"transaction"`
+}
+
+// BalanceSeries defines model for BalanceSeries.
+type BalanceSeries struct {
+	// From An instant as the service returns it: RFC 3339 in UTC, with microseconds when they are not zero.
+	//
+	// Example: 2023-01-30T07:00:00.123456Z
+	From DateTime `json:"from"`
+
+	// Points One point per instant, from `from` to `to`.
+	Points []BalancePoint `json:"points"`
+
+	// To An instant as the service returns it: RFC 3339 in UTC, with microseconds when they are not zero.
+	//
+	// Example: 2023-01-30T07:00:00.123456Z
+	To DateTime `json:"to"`
 
 	// UserId Example: 1
 	UserId UserID `json:"user_id"`
@@ -376,7 +430,7 @@ type HealthStatusStatus string
 
 // History defines model for History.
 type History struct {
-	// Items Applied transactions in timeline order (timestamp, then acceptance order).
+	// Items Transactions in timeline order (timestamp, then acceptance order); refused ones carry `reason` and a null `balance_after`.
 	Items []Transaction `json:"items"`
 
 	// NextCursor Pass as `cursor` to read the next page; null on the last page.
@@ -562,6 +616,15 @@ type User struct {
 // UserID Example: 1
 type UserID = int64
 
+// UserPage defines model for UserPage.
+type UserPage struct {
+	// Items Users in name order (code points), then id.
+	Items []User `json:"items"`
+
+	// NextCursor Pass as `cursor` to read the next page; null on the last page.
+	NextCursor *string `json:"next_cursor"`
+}
+
 // Date An instant. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
 //
 // Example: 2023-01-30T00:00:00Z
@@ -613,6 +676,24 @@ type GetDocsFileParams struct {
 
 // GetOpenAPIParams defines parameters for GetOpenAPI.
 type GetOpenAPIParams struct {
+	// XRequestID Optional id for tracing; echoed in the response header of the same name.
+	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
+}
+
+// GetConsoleParams defines parameters for GetConsole.
+type GetConsoleParams struct {
+	// XRequestID Optional id for tracing; echoed in the response header of the same name.
+	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
+}
+
+// GetConsoleUserParams defines parameters for GetConsoleUser.
+type GetConsoleUserParams struct {
+	// XRequestID Optional id for tracing; echoed in the response header of the same name.
+	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
+}
+
+// GetConsoleFileParams defines parameters for GetConsoleFile.
+type GetConsoleFileParams struct {
 	// XRequestID Optional id for tracing; echoed in the response header of the same name.
 	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
 }
@@ -699,6 +780,21 @@ type GetBalanceParams struct {
 	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
 }
 
+// GetBalanceSeriesParams defines parameters for GetBalanceSeries.
+type GetBalanceSeriesParams struct {
+	// From The first instant. Default: the user's first applied transaction or its creation, whichever is earlier (one hour before `to` if that is not before `to`). Must be before `to`. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
+	From *Timestamp `form:"from,omitempty" json:"from,omitempty"`
+
+	// To The last instant. Default: now. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
+	To *Timestamp `form:"to,omitempty" json:"to,omitempty"`
+
+	// Points How many instants.
+	Points *int `form:"points,omitempty" json:"points,omitempty"`
+
+	// XRequestID Optional id for tracing; echoed in the response header of the same name.
+	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
+}
+
 // ListTransactionsParams defines parameters for ListTransactions.
 type ListTransactionsParams struct {
 	// From Only transactions at or after this instant; a date alone starts at 00:00 UTC of that day. Accepted forms: RFC 3339 with an offset (`2023-01-30T10:00:00+03:00`, `2023-01-30T07:00:00Z`); ISO 8601 without an offset, read as UTC (`2023-01-30T07:00:00`, `2023-01-30 07:00`); a date alone, meaning 00:00 UTC (`2023-01-30`); or day first, UTC (`5.05.2022 00:00`, `5.05.2022`). Fractions of a second are kept to the microsecond. In a query string, `+` in an offset must be sent as `%2B` (a `+` decoded to a space is also understood).
@@ -711,6 +807,27 @@ type ListTransactionsParams struct {
 	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 
 	// Cursor Opaque: `next_cursor` of the previous page, with the same `from` and `to`.
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Status Which transactions to list: `APPLIED` (the timeline, whose balances the history shows), `REJECTED` (refusals, recorded with their reason) or `ALL` (both, interleaved in timeline order). Pass the same `status` with `cursor`.
+	Status *ListTransactionsParamsStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// XRequestID Optional id for tracing; echoed in the response header of the same name.
+	XRequestID *RequestID `json:"X-Request-ID,omitempty"`
+}
+
+// ListTransactionsParamsStatus defines parameters for ListTransactions.
+type ListTransactionsParamsStatus string
+
+// ListUsersParams defines parameters for ListUsers.
+type ListUsersParams struct {
+	// Name A prefix of the names to find; at most 200 characters.
+	Name *string `form:"name,omitempty" json:"name,omitempty"`
+
+	// Limit Page size.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor Opaque: `next_cursor` of the previous page, with the same `name`.
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
 
 	// XRequestID Optional id for tracing; echoed in the response header of the same name.
@@ -950,6 +1067,25 @@ type ClientInterface interface {
 	// Corresponds with GET /api/openapi.json (the `GetOpenAPI` operationId).
 	GetOpenAPI(ctx context.Context, params *GetOpenAPIParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// GetConsole The web console
+	//
+	// A page for people: find a user, see the balance over time and the history, post and replay transactions, follow events. It uses only the public API, with the token it asks for when access control is on.
+	//
+	// Corresponds with GET /console (the `GetConsole` operationId).
+	GetConsole(ctx context.Context, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetConsoleUser The web console on a user's page
+	//
+	// The console page, opened on the user `id` (a link to share).
+	//
+	// Corresponds with GET /console/users/{id} (the `GetConsoleUser` operationId).
+	GetConsoleUser(ctx context.Context, id string, params *GetConsoleUserParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetConsoleFile The console's assets
+	//
+	// Corresponds with GET /console/{file} (the `GetConsoleFile` operationId).
+	GetConsoleFile(ctx context.Context, file string, params *GetConsoleFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// Healthz Liveness
 	//
 	// 200 while the process serves HTTP; it does not touch the database.
@@ -1103,12 +1239,26 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/user/{id}/balance (the `GetBalance` operationId).
 	GetBalance(ctx context.Context, id UserID, params *GetBalanceParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// GetBalanceSeries A user's balance over time
+	//
+	// The balance at `points` evenly spaced instants from `from` to `to`, both included, each with the applied transaction that set it: what a chart of the balance needs. Each point is one probe of the timeline index, so the cost depends on `points`, not on the length of the history. Between two points the balance may have moved and come back; a point is exact at its instant.
+	//
+	// Corresponds with GET /v1/user/{id}/balance/series (the `GetBalanceSeries` operationId).
+	GetBalanceSeries(ctx context.Context, id UserID, params *GetBalanceSeriesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListTransactions List a user's transactions
 	//
-	// A page of the user's applied transactions in timeline order (refusals are not listed; read them by uid). Follow `next_cursor` until it is null.
+	// A page of the user's transactions in timeline order: the applied ones unless `status` asks for refused ones too. Follow `next_cursor` until it is null.
 	//
 	// Corresponds with GET /v1/user/{id}/transactions (the `ListTransactions` operationId).
 	ListTransactions(ctx context.Context, id UserID, params *ListTransactionsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListUsers Find users by name prefix
+	//
+	// Users whose name starts with `name` (case-sensitive, compared character by character; `%` and `_` are plain characters), ordered by name in code point order and then by id. Without `name`, every user. Follow `next_cursor` until it is null.
+	//
+	// Corresponds with GET /v1/users (the `ListUsers` operationId).
+	ListUsers(ctx context.Context, params *ListUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetDocs Swagger UI
@@ -1148,6 +1298,55 @@ func (c *Client) GetDocsFile(ctx context.Context, file string, params *GetDocsFi
 // Corresponds with GET /api/openapi.json (the `GetOpenAPI` operationId).
 func (c *Client) GetOpenAPI(ctx context.Context, params *GetOpenAPIParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetOpenAPIRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetConsole The web console
+//
+// A page for people: find a user, see the balance over time and the history, post and replay transactions, follow events. It uses only the public API, with the token it asks for when access control is on.
+//
+// Corresponds with GET /console (the `GetConsole` operationId).
+func (c *Client) GetConsole(ctx context.Context, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetConsoleRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetConsoleUser The web console on a user's page
+//
+// The console page, opened on the user `id` (a link to share).
+//
+// Corresponds with GET /console/users/{id} (the `GetConsoleUser` operationId).
+func (c *Client) GetConsoleUser(ctx context.Context, id string, params *GetConsoleUserParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetConsoleUserRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetConsoleFile The console's assets
+//
+// Corresponds with GET /console/{file} (the `GetConsoleFile` operationId).
+func (c *Client) GetConsoleFile(ctx context.Context, file string, params *GetConsoleFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetConsoleFileRequest(c.Server, file, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1461,13 +1660,47 @@ func (c *Client) GetBalance(ctx context.Context, id UserID, params *GetBalancePa
 	return c.Client.Do(req)
 }
 
+// GetBalanceSeries A user's balance over time
+//
+// The balance at `points` evenly spaced instants from `from` to `to`, both included, each with the applied transaction that set it: what a chart of the balance needs. Each point is one probe of the timeline index, so the cost depends on `points`, not on the length of the history. Between two points the balance may have moved and come back; a point is exact at its instant.
+//
+// Corresponds with GET /v1/user/{id}/balance/series (the `GetBalanceSeries` operationId).
+func (c *Client) GetBalanceSeries(ctx context.Context, id UserID, params *GetBalanceSeriesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetBalanceSeriesRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListTransactions List a user's transactions
 //
-// A page of the user's applied transactions in timeline order (refusals are not listed; read them by uid). Follow `next_cursor` until it is null.
+// A page of the user's transactions in timeline order: the applied ones unless `status` asks for refused ones too. Follow `next_cursor` until it is null.
 //
 // Corresponds with GET /v1/user/{id}/transactions (the `ListTransactions` operationId).
 func (c *Client) ListTransactions(ctx context.Context, id UserID, params *ListTransactionsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListTransactionsRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListUsers Find users by name prefix
+//
+// Users whose name starts with `name` (case-sensitive, compared character by character; `%` and `_` are plain characters), ordered by name in code point order and then by id. Without `name`, every user. Follow `next_cursor` until it is null.
+//
+// Corresponds with GET /v1/users (the `ListUsers` operationId).
+func (c *Client) ListUsers(ctx context.Context, params *ListUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListUsersRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1579,6 +1812,146 @@ func NewGetOpenAPIRequest(server string, params *GetOpenAPIParams) (*http.Reques
 	}
 
 	operationPath := fmt.Sprintf("/api/openapi.json")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.XRequestID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "X-Request-ID", *params.XRequestID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("X-Request-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewGetConsoleRequest constructs an http.Request for the GetConsole method
+func NewGetConsoleRequest(server string, params *GetConsoleParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/console")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.XRequestID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "X-Request-ID", *params.XRequestID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("X-Request-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewGetConsoleUserRequest constructs an http.Request for the GetConsoleUser method
+func NewGetConsoleUserRequest(server string, id string, params *GetConsoleUserParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/console/users/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.XRequestID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "X-Request-ID", *params.XRequestID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("X-Request-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewGetConsoleFileRequest constructs an http.Request for the GetConsoleFile method
+func NewGetConsoleFileRequest(server string, file string, params *GetConsoleFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "file", file, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/console/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -2232,6 +2605,106 @@ func NewGetBalanceRequest(server string, id UserID, params *GetBalanceParams) (*
 	return req, nil
 }
 
+// NewGetBalanceSeriesRequest constructs an http.Request for the GetBalanceSeries method
+func NewGetBalanceSeriesRequest(server string, id UserID, params *GetBalanceSeriesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/user/%s/balance/series", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.From != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "from", *params.From, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.To != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "to", *params.To, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Points != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "points", *params.Points, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.XRequestID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "X-Request-ID", *params.XRequestID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("X-Request-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewListTransactionsRequest constructs an http.Request for the ListTransactions method
 func NewListTransactionsRequest(server string, id UserID, params *ListTransactionsParams) (*http.Request, error) {
 	var err error
@@ -2282,6 +2755,111 @@ func NewListTransactionsRequest(server string, id UserID, params *ListTransactio
 		if params.To != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "to", *params.To, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Status != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "status", *params.Status, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.XRequestID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "X-Request-ID", *params.XRequestID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("X-Request-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewListUsersRequest constructs an http.Request for the ListUsers method
+func NewListUsersRequest(server string, params *ListUsersParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/users")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Name != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name", *params.Name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -2410,6 +2988,31 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /api/openapi.json (the `GetOpenAPI` operationId).
 	GetOpenAPIWithResponse(ctx context.Context, params *GetOpenAPIParams, reqEditors ...RequestEditorFn) (*GetOpenAPIResponse, error)
+
+	// GetConsoleWithResponse The web console
+	//
+	// A page for people: find a user, see the balance over time and the history, post and replay transactions, follow events. It uses only the public API, with the token it asks for when access control is on.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /console (the `GetConsole` operationId).
+	GetConsoleWithResponse(ctx context.Context, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*GetConsoleResponse, error)
+
+	// GetConsoleUserWithResponse The web console on a user's page
+	//
+	// The console page, opened on the user `id` (a link to share).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /console/users/{id} (the `GetConsoleUser` operationId).
+	GetConsoleUserWithResponse(ctx context.Context, id string, params *GetConsoleUserParams, reqEditors ...RequestEditorFn) (*GetConsoleUserResponse, error)
+
+	// GetConsoleFileWithResponse The console's assets
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /console/{file} (the `GetConsoleFile` operationId).
+	GetConsoleFileWithResponse(ctx context.Context, file string, params *GetConsoleFileParams, reqEditors ...RequestEditorFn) (*GetConsoleFileResponse, error)
 
 	// HealthzWithResponse Liveness
 	//
@@ -2576,14 +3179,32 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/user/{id}/balance (the `GetBalance` operationId).
 	GetBalanceWithResponse(ctx context.Context, id UserID, params *GetBalanceParams, reqEditors ...RequestEditorFn) (*GetBalanceResponse, error)
 
+	// GetBalanceSeriesWithResponse A user's balance over time
+	//
+	// The balance at `points` evenly spaced instants from `from` to `to`, both included, each with the applied transaction that set it: what a chart of the balance needs. Each point is one probe of the timeline index, so the cost depends on `points`, not on the length of the history. Between two points the balance may have moved and come back; a point is exact at its instant.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/user/{id}/balance/series (the `GetBalanceSeries` operationId).
+	GetBalanceSeriesWithResponse(ctx context.Context, id UserID, params *GetBalanceSeriesParams, reqEditors ...RequestEditorFn) (*GetBalanceSeriesResponse, error)
+
 	// ListTransactionsWithResponse List a user's transactions
 	//
-	// A page of the user's applied transactions in timeline order (refusals are not listed; read them by uid). Follow `next_cursor` until it is null.
+	// A page of the user's transactions in timeline order: the applied ones unless `status` asks for refused ones too. Follow `next_cursor` until it is null.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/user/{id}/transactions (the `ListTransactions` operationId).
 	ListTransactionsWithResponse(ctx context.Context, id UserID, params *ListTransactionsParams, reqEditors ...RequestEditorFn) (*ListTransactionsResponse, error)
+
+	// ListUsersWithResponse Find users by name prefix
+	//
+	// Users whose name starts with `name` (case-sensitive, compared character by character; `%` and `_` are plain characters), ordered by name in code point order and then by id. Without `name`, every user. Follow `next_cursor` until it is null.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/users (the `ListUsers` operationId).
+	ListUsersWithResponse(ctx context.Context, params *ListUsersParams, reqEditors ...RequestEditorFn) (*ListUsersResponse, error)
 }
 
 // GetDocsResponse200Headers the declared response headers of an HTTP 200 response for GetDocs
@@ -2783,6 +3404,188 @@ func (r GetOpenAPIResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetOpenAPIResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetConsoleResponse200Headers the declared response headers of an HTTP 200 response for GetConsole
+type GetConsoleResponse200Headers struct {
+	XRequestID string
+}
+
+// GetConsoleResponse405Headers the declared response headers of an HTTP 405 response for GetConsole
+type GetConsoleResponse405Headers struct {
+	Allow      string
+	XRequestID string
+}
+
+type GetConsoleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *MethodNotAllowed
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetConsoleResponse200Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *GetConsoleResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r GetConsoleResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r GetConsoleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetConsoleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetConsoleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetConsoleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetConsoleUserResponse200Headers the declared response headers of an HTTP 200 response for GetConsoleUser
+type GetConsoleUserResponse200Headers struct {
+	XRequestID string
+}
+
+// GetConsoleUserResponse405Headers the declared response headers of an HTTP 405 response for GetConsoleUser
+type GetConsoleUserResponse405Headers struct {
+	Allow      string
+	XRequestID string
+}
+
+type GetConsoleUserResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *MethodNotAllowed
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetConsoleUserResponse200Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *GetConsoleUserResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r GetConsoleUserResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r GetConsoleUserResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetConsoleUserResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetConsoleUserResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetConsoleUserResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetConsoleFileResponse200Headers the declared response headers of an HTTP 200 response for GetConsoleFile
+type GetConsoleFileResponse200Headers struct {
+	XRequestID string
+}
+
+// GetConsoleFileResponse404Headers the declared response headers of an HTTP 404 response for GetConsoleFile
+type GetConsoleFileResponse404Headers struct {
+	XRequestID string
+}
+
+// GetConsoleFileResponse405Headers the declared response headers of an HTTP 405 response for GetConsoleFile
+type GetConsoleFileResponse405Headers struct {
+	Allow      string
+	XRequestID string
+}
+
+type GetConsoleFileResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *MethodNotAllowed
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetConsoleFileResponse200Headers
+	// Headers404 the parsed response headers for an HTTP 404 response
+	Headers404 *GetConsoleFileResponse404Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *GetConsoleFileResponse405Headers
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetConsoleFileResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r GetConsoleFileResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r GetConsoleFileResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetConsoleFileResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetConsoleFileResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetConsoleFileResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3882,6 +4685,125 @@ func (r GetBalanceResponse) ContentType() string {
 	return ""
 }
 
+// GetBalanceSeriesResponse200Headers the declared response headers of an HTTP 200 response for GetBalanceSeries
+type GetBalanceSeriesResponse200Headers struct {
+	XRequestID string
+}
+
+// GetBalanceSeriesResponse404Headers the declared response headers of an HTTP 404 response for GetBalanceSeries
+type GetBalanceSeriesResponse404Headers struct {
+	XRequestID string
+}
+
+// GetBalanceSeriesResponse405Headers the declared response headers of an HTTP 405 response for GetBalanceSeries
+type GetBalanceSeriesResponse405Headers struct {
+	Allow      string
+	XRequestID string
+}
+
+// GetBalanceSeriesResponse422Headers the declared response headers of an HTTP 422 response for GetBalanceSeries
+type GetBalanceSeriesResponse422Headers struct {
+	XRequestID string
+}
+
+// GetBalanceSeriesResponse500Headers the declared response headers of an HTTP 500 response for GetBalanceSeries
+type GetBalanceSeriesResponse500Headers struct {
+	XRequestID string
+}
+
+// GetBalanceSeriesResponse503Headers the declared response headers of an HTTP 503 response for GetBalanceSeries
+type GetBalanceSeriesResponse503Headers struct {
+	XRequestID string
+}
+
+type GetBalanceSeriesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *BalanceSeries
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *MethodNotAllowed
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Invalid
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Internal
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Cancelled
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetBalanceSeriesResponse200Headers
+	// Headers404 the parsed response headers for an HTTP 404 response
+	Headers404 *GetBalanceSeriesResponse404Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *GetBalanceSeriesResponse405Headers
+	// Headers422 the parsed response headers for an HTTP 422 response
+	Headers422 *GetBalanceSeriesResponse422Headers
+	// Headers500 the parsed response headers for an HTTP 500 response
+	Headers500 *GetBalanceSeriesResponse500Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetBalanceSeriesResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetBalanceSeriesResponse) GetJSON200() *BalanceSeries {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetBalanceSeriesResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r GetBalanceSeriesResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
+	return r.ApplicationproblemJSON405
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetBalanceSeriesResponse) GetApplicationproblemJSON422() *Invalid {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r GetBalanceSeriesResponse) GetApplicationproblemJSON500() *Internal {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetBalanceSeriesResponse) GetApplicationproblemJSON503() *Cancelled {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetBalanceSeriesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetBalanceSeriesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetBalanceSeriesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetBalanceSeriesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ListTransactionsResponse200Headers the declared response headers of an HTTP 200 response for ListTransactions
 type ListTransactionsResponse200Headers struct {
 	XRequestID string
@@ -4001,6 +4923,111 @@ func (r ListTransactionsResponse) ContentType() string {
 	return ""
 }
 
+// ListUsersResponse200Headers the declared response headers of an HTTP 200 response for ListUsers
+type ListUsersResponse200Headers struct {
+	XRequestID string
+}
+
+// ListUsersResponse405Headers the declared response headers of an HTTP 405 response for ListUsers
+type ListUsersResponse405Headers struct {
+	Allow      string
+	XRequestID string
+}
+
+// ListUsersResponse422Headers the declared response headers of an HTTP 422 response for ListUsers
+type ListUsersResponse422Headers struct {
+	XRequestID string
+}
+
+// ListUsersResponse500Headers the declared response headers of an HTTP 500 response for ListUsers
+type ListUsersResponse500Headers struct {
+	XRequestID string
+}
+
+// ListUsersResponse503Headers the declared response headers of an HTTP 503 response for ListUsers
+type ListUsersResponse503Headers struct {
+	XRequestID string
+}
+
+type ListUsersResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *UserPage
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *MethodNotAllowed
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Invalid
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Internal
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Cancelled
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *ListUsersResponse200Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *ListUsersResponse405Headers
+	// Headers422 the parsed response headers for an HTTP 422 response
+	Headers422 *ListUsersResponse422Headers
+	// Headers500 the parsed response headers for an HTTP 500 response
+	Headers500 *ListUsersResponse500Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ListUsersResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListUsersResponse) GetJSON200() *UserPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationproblemJSON405() *MethodNotAllowed {
+	return r.ApplicationproblemJSON405
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationproblemJSON422() *Invalid {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationproblemJSON500() *Internal {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationproblemJSON503() *Cancelled {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListUsersResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListUsersResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListUsersResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListUsersResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetDocsWithResponse Swagger UI
 //
 // Swagger UI for this document, served from the binary (it works offline).
@@ -4040,6 +5067,49 @@ func (c *ClientWithResponses) GetOpenAPIWithResponse(ctx context.Context, params
 		return nil, err
 	}
 	return ParseGetOpenAPIResponse(rsp)
+}
+
+// GetConsoleWithResponse The web console
+//
+// A page for people: find a user, see the balance over time and the history, post and replay transactions, follow events. It uses only the public API, with the token it asks for when access control is on.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /console (the `GetConsole` operationId).
+func (c *ClientWithResponses) GetConsoleWithResponse(ctx context.Context, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*GetConsoleResponse, error) {
+	rsp, err := c.GetConsole(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetConsoleResponse(rsp)
+}
+
+// GetConsoleUserWithResponse The web console on a user's page
+//
+// The console page, opened on the user `id` (a link to share).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /console/users/{id} (the `GetConsoleUser` operationId).
+func (c *ClientWithResponses) GetConsoleUserWithResponse(ctx context.Context, id string, params *GetConsoleUserParams, reqEditors ...RequestEditorFn) (*GetConsoleUserResponse, error) {
+	rsp, err := c.GetConsoleUser(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetConsoleUserResponse(rsp)
+}
+
+// GetConsoleFileWithResponse The console's assets
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /console/{file} (the `GetConsoleFile` operationId).
+func (c *ClientWithResponses) GetConsoleFileWithResponse(ctx context.Context, file string, params *GetConsoleFileParams, reqEditors ...RequestEditorFn) (*GetConsoleFileResponse, error) {
+	rsp, err := c.GetConsoleFile(ctx, file, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetConsoleFileResponse(rsp)
 }
 
 // HealthzWithResponse Liveness
@@ -4297,9 +5367,24 @@ func (c *ClientWithResponses) GetBalanceWithResponse(ctx context.Context, id Use
 	return ParseGetBalanceResponse(rsp)
 }
 
+// GetBalanceSeriesWithResponse A user's balance over time
+//
+// The balance at `points` evenly spaced instants from `from` to `to`, both included, each with the applied transaction that set it: what a chart of the balance needs. Each point is one probe of the timeline index, so the cost depends on `points`, not on the length of the history. Between two points the balance may have moved and come back; a point is exact at its instant.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/user/{id}/balance/series (the `GetBalanceSeries` operationId).
+func (c *ClientWithResponses) GetBalanceSeriesWithResponse(ctx context.Context, id UserID, params *GetBalanceSeriesParams, reqEditors ...RequestEditorFn) (*GetBalanceSeriesResponse, error) {
+	rsp, err := c.GetBalanceSeries(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetBalanceSeriesResponse(rsp)
+}
+
 // ListTransactionsWithResponse List a user's transactions
 //
-// A page of the user's applied transactions in timeline order (refusals are not listed; read them by uid). Follow `next_cursor` until it is null.
+// A page of the user's transactions in timeline order: the applied ones unless `status` asks for refused ones too. Follow `next_cursor` until it is null.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4310,6 +5395,21 @@ func (c *ClientWithResponses) ListTransactionsWithResponse(ctx context.Context, 
 		return nil, err
 	}
 	return ParseListTransactionsResponse(rsp)
+}
+
+// ListUsersWithResponse Find users by name prefix
+//
+// Users whose name starts with `name` (case-sensitive, compared character by character; `%` and `_` are plain characters), ordered by name in code point order and then by id. Without `name`, every user. Follow `next_cursor` until it is null.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/users (the `ListUsers` operationId).
+func (c *ClientWithResponses) ListUsersWithResponse(ctx context.Context, params *ListUsersParams, reqEditors ...RequestEditorFn) (*ListUsersResponse, error) {
+	rsp, err := c.ListUsers(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListUsersResponse(rsp)
 }
 
 // ParseGetDocsResponse parses an HTTP response from a GetDocsWithResponse call
@@ -4504,6 +5604,191 @@ func ParseGetOpenAPIResponse(rsp *http.Response) (*GetOpenAPIResponse, error) {
 		response.Headers200 = &headers
 	case rsp.StatusCode == 405:
 		var headers GetOpenAPIResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers405 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetConsoleResponse parses an HTTP response from a GetConsoleWithResponse call
+func ParseGetConsoleResponse(rsp *http.Response) (*GetConsoleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetConsoleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetConsoleResponse200Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 405:
+		var headers GetConsoleResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers405 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetConsoleUserResponse parses an HTTP response from a GetConsoleUserWithResponse call
+func ParseGetConsoleUserResponse(rsp *http.Response) (*GetConsoleUserResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetConsoleUserResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetConsoleUserResponse200Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 405:
+		var headers GetConsoleUserResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers405 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetConsoleFileResponse parses an HTTP response from a GetConsoleFileWithResponse call
+func ParseGetConsoleFileResponse(rsp *http.Response) (*GetConsoleFileResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetConsoleFileResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetConsoleFileResponse200Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 404:
+		var headers GetConsoleFileResponse404Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers404 = &headers
+	case rsp.StatusCode == 405:
+		var headers GetConsoleFileResponse405Headers
 		if values := rsp.Header.Values("Allow"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -5776,6 +7061,137 @@ func ParseGetBalanceResponse(rsp *http.Response) (*GetBalanceResponse, error) {
 	return response, nil
 }
 
+// ParseGetBalanceSeriesResponse parses an HTTP response from a GetBalanceSeriesWithResponse call
+func ParseGetBalanceSeriesResponse(rsp *http.Response) (*GetBalanceSeriesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetBalanceSeriesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest BalanceSeries
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Invalid
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Cancelled
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetBalanceSeriesResponse200Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 404:
+		var headers GetBalanceSeriesResponse404Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers404 = &headers
+	case rsp.StatusCode == 405:
+		var headers GetBalanceSeriesResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers405 = &headers
+	case rsp.StatusCode == 422:
+		var headers GetBalanceSeriesResponse422Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers422 = &headers
+	case rsp.StatusCode == 500:
+		var headers GetBalanceSeriesResponse500Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers500 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetBalanceSeriesResponse503Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseListTransactionsResponse parses an HTTP response from a ListTransactionsWithResponse call
 func ParseListTransactionsResponse(rsp *http.Response) (*ListTransactionsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -5894,6 +7310,120 @@ func ParseListTransactionsResponse(rsp *http.Response) (*ListTransactionsRespons
 		response.Headers500 = &headers
 	case rsp.StatusCode == 503:
 		var headers ListTransactionsResponse503Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListUsersResponse parses an HTTP response from a ListUsersWithResponse call
+func ParseListUsersResponse(rsp *http.Response) (*ListUsersResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListUsersResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest UserPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Invalid
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Cancelled
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers ListUsersResponse200Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 405:
+		var headers ListUsersResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers405 = &headers
+	case rsp.StatusCode == 422:
+		var headers ListUsersResponse422Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers422 = &headers
+	case rsp.StatusCode == 500:
+		var headers ListUsersResponse500Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers500 = &headers
+	case rsp.StatusCode == 503:
+		var headers ListUsersResponse503Headers
 		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
