@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/bench"
+	"github.com/tally-ledger/tally/internal/devenv"
+	"github.com/tally-ledger/tally/postgres"
+)
+
+// replicatedPair is a private primary with a streaming standby, both real PostgreSQL servers.
+type replicatedPair struct {
+	primary, standby *devenv.Postgres
+	// url reaches whichever of the two accepts writes, as a multi-host DATABASE_URL does.
+	url string
+}
+
+// startReplicatedPair starts a primary and a standby cloned from it, synchronous when sync is
+// set, and stops both when the test ends.
+func startReplicatedPair(t *testing.T, sync bool) replicatedPair {
+	t.Helper()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// PostgreSQL may run as another user (tests run as root in CI), and t.TempDir is private.
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	require.NoError(t, os.Chmod(dir, 0o755))
+	primary, err := devenv.StartPostgres(ctx, filepath.Join(dir, "primary"), log)
+	require.NoError(t, err)
+	t.Cleanup(func() { primary.Kill() }) //nolint:errcheck // a test may have killed it already
+	standby, err := devenv.StartStandby(ctx, primary, filepath.Join(dir, "standby"), log)
+	require.NoError(t, err)
+	t.Cleanup(func() { standby.Kill() }) //nolint:errcheck // nothing of it is kept
+	if sync {
+		require.NoError(t, primary.SetSynchronousStandbys(ctx, "*"))
+	}
+	return replicatedPair{primary: primary, standby: standby, url: fmt.Sprintf(
+		"postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/tally?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
+		primary.Port, standby.Port)}
+}
+
+// The primary is SIGKILLed under load and its synchronous standby promoted, as a failover
+// manager would: two tally instances find the new primary through the multi-host
+// DATABASE_URL, writes resume, and the audit finds every acknowledged write exactly once.
+func TestFailoverToSynchronousStandbyLosesNoAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
+	pair := startReplicatedPair(t, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := postgres.Migrate(ctx, pair.url)
+	require.NoError(t, err)
+	env := map[string]string{"DATABASE_URL": pair.url, "MIGRATE_ON_START": "false", "EVENT_SOURCE": "failover-test"}
+	a, b := startServe(ctx, t, env, false), startServe(ctx, t, env, false)
+
+	out := filepath.Join(t.TempDir(), "bench.json")
+	benchDone := make(chan error, 1)
+	var benchLog strings.Builder
+	go func() {
+		benchDone <- bench.Run(ctx, []string{
+			"--url", a.base + "," + b.base, "--database-url", pair.url,
+			"--workers", "8", "--duration", "7s", "--users", "20", "--initial", "50.00", "--amount-max", "20.00",
+			"--attempts", "20", "--timeout", "5s", "--verify", "--verify-sample", "20", "--json", out,
+		}, &benchLog, io.Discard)
+	}()
+	time.Sleep(2500 * time.Millisecond) // the users are created and the load runs
+	killed := time.Now()
+	require.NoError(t, pair.primary.Kill())
+	require.NoError(t, pair.standby.Promote(ctx))
+	t.Logf("standby promoted %.1fs after the kill", time.Since(killed).Seconds())
+
+	require.NoError(t, <-benchDone, "the audit found a violation:\n%s", benchLog.String())
+	raw, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var res bench.Results
+	require.NoError(t, json.Unmarshal(raw, &res))
+	require.NotNil(t, res.Audit)
+	require.Empty(t, res.Audit.Violations)
+	require.Zero(t, res.Writes.Unknown, "every write ends with an answer, retried across the failover")
+	// Writes were acknowledged after the failover too, by the promoted standby.
+	var after int64
+	for _, p := range res.Series {
+		if res.Started.Add(time.Duration(p.T * float64(time.Second))).After(killed.Add(3 * time.Second)) {
+			after += p.Requests
+		}
+	}
+	require.Positive(t, after, "requests completed after the failover\n%s", benchLog.String())
+	t.Logf("bench:\n%s", benchLog.String())
+}
