@@ -16,6 +16,7 @@ import (
 
 	"github.com/tally-ledger/tally/bench"
 	"github.com/tally-ledger/tally/internal/devenv"
+	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/postgres"
 )
 
@@ -96,4 +97,31 @@ func TestFailoverToSynchronousStandbyLosesNoAcknowledgedWrite(t *testing.T) {
 	}
 	require.Positive(t, after, "requests completed after the failover\n%s", benchLog.String())
 	t.Logf("bench:\n%s", benchLog.String())
+}
+
+// A server that turned read-only under tally's feet (a demoted primary, reached by a
+// connection opened before) answers writes with 25006: that is a 503 to retry, not a 500, and
+// the connection is closed so that the pool's next one can find the new primary.
+func TestReadOnlyServerIsUnavailableAndItsConnectionDropped(t *testing.T) {
+	t.Parallel()
+	pair := startReplicatedPair(t, false)
+	ctx := context.Background()
+	_, err := postgres.Migrate(ctx, pair.primary.URL)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		db, err := postgres.Open(ctx, pair.standby.URL)
+		require.NoError(t, err)
+		defer db.Close()
+		return db.Ready(ctx) == nil
+	}, 10*time.Second, 50*time.Millisecond, "the standby has replayed the schema")
+
+	db, err := postgres.Open(ctx, pair.standby.URL+"&pool_max_conns=1")
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, db.Pool().Ping(ctx))
+	require.EqualValues(t, 1, db.Pool().Stat().TotalConns())
+	_, err = db.CreateUser(ctx, "vasya")
+	require.Equal(t, ledger.CodeUnavailable, ledger.ErrorCode(err), "%v", err)
+	require.Eventually(t, func() bool { return db.Pool().Stat().TotalConns() == 0 }, 2*time.Second, 10*time.Millisecond,
+		"the read-only connection was closed")
 }
