@@ -5,7 +5,7 @@ GOLANGCI_VERSION := v2.15.0
 REDOCLY_VERSION := 2.77.0
 GOBIN := $(CURDIR)/bin
 
-.PHONY: build run test lint openapi-lint gotest acceptance fuzz bench chaos clean
+.PHONY: build run test lint openapi-lint gotest acceptance fuzz bench chaos chaos-failover chaos-instances clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/tally ./cmd/tally
@@ -64,7 +64,18 @@ fuzz:
 bench:
 	bench/run.sh
 
-chaos:
+chaos: chaos-failover chaos-instances
+
+# A private primary and standby (never the shared cluster): the primary is SIGKILLed under
+# load and the standby promoted, with synchronous replication (no acknowledged write may be
+# lost: a loss fails the target), then with asynchronous replication (what it loses is
+# reported). Results in bin/chaos/failover-*/ (summary.txt, bench.log).
+chaos-failover: build
+	$(GO) run ./bench/failover -tally bin/tally -out bin/chaos/failover-sync
+	$(GO) run ./bench/failover -tally bin/tally -out bin/chaos/failover-async -async
+
+# Instances, relays and NATS killed under load; restarts the local PostgreSQL cluster once.
+chaos-instances:
 	bench/chaos.sh
 
 clean:

@@ -20,6 +20,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsjson "sigs.k8s.io/json"
@@ -111,6 +112,7 @@ type manifests struct {
 	networkPolicies []*networkingv1.NetworkPolicy
 	serviceMonitors []*serviceMonitor
 	rules           []*prometheusRule
+	custom          []*unstructured.Unstructured // CloudNativePG's, checked against its CRDs (cnpg_test.go)
 }
 
 // render builds an overlay in process with the kustomize library that `kustomize build` (and
@@ -155,6 +157,11 @@ func render(t *testing.T, overlay string) manifests {
 			obj = decode(t, id, data, &m.serviceMonitors)
 		case "monitoring.coreos.com/v1/PrometheusRule":
 			obj = decode(t, id, data, &m.rules)
+		case "postgresql.cnpg.io/v1/Cluster", "postgresql.cnpg.io/v1/ScheduledBackup", "barmancloud.cnpg.io/v1/ObjectStore":
+			u := &unstructured.Unstructured{}
+			require.NoError(t, u.UnmarshalJSON(data), id)
+			m.custom = append(m.custom, u)
+			obj = u
 		default:
 			t.Fatalf("%s: no check knows this kind; add it to render", id)
 		}
@@ -201,6 +208,11 @@ func TestOverlays(t *testing.T) {
 			checkNetworkPolicies(t, m)
 			checkServices(t, m)
 			checkDashboard(t, m)
+			if o.name == "prod" {
+				checkPostgres(t, m)
+			} else {
+				require.Empty(t, m.custom, "dev brings its own PostgreSQL")
+			}
 			if o.alerts {
 				checkAlerts(t, m, anchors)
 			} else {

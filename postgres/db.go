@@ -78,6 +78,16 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 		cfg.ConnConfig.RuntimeParams = map[string]string{}
 	}
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	closeOnPgError := cfg.ConnConfig.OnPgError
+	cfg.ConnConfig.OnPgError = func(conn *pgconn.PgConn, pgErr *pgconn.PgError) bool {
+		// A server that refuses writes as read-only (a primary demoted to a standby) refuses
+		// them on this connection for good: closing it makes the pool connect again, and the
+		// URL's target_session_attrs=read-write finds the new primary.
+		if pgErr.Code == readOnlyTransaction {
+			return false
+		}
+		return closeOnPgError == nil || closeOnPgError(conn, pgErr)
+	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "tally"
 	}
@@ -233,8 +243,9 @@ func dbErr(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// Class 08: connection exceptions; 57P0x: the server is shutting down or starting;
-		// 53300: too many connections.
-		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0") || pgErr.Code == "53300" {
+		// 53300: too many connections; 25006: a read-only server, such as a primary demoted
+		// during a failover, still reached by a connection opened before it.
+		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0") || pgErr.Code == "53300" || pgErr.Code == readOnlyTransaction {
 			return ledger.Unavailable(err)
 		}
 		return err
@@ -246,6 +257,9 @@ func dbErr(err error) error {
 	}
 	return err
 }
+
+// readOnlyTransaction is SQLSTATE read_only_sql_transaction.
+const readOnlyTransaction = "25006"
 
 func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError

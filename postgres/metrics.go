@@ -1,6 +1,9 @@
 package postgres
 
 import (
+	"context"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -49,4 +52,41 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("acquireWait", s.AcquireDuration().Seconds())
 	counter("canceled", float64(s.CanceledAcquireCount()))
 	counter("emptyWaitTime", s.EmptyAcquireWaitTime().Seconds())
+}
+
+// replicaLagSQL measures how far this server's data is behind its primary: zero on a primary
+// and on a standby that has replayed everything it received, else the age of the last
+// transaction it replayed. An idle primary therefore shows no lag, not a growing one.
+const replicaLagSQL = `SELECT CASE
+	WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+	ELSE COALESCE(EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8`
+
+// ReplicaCollector exports, at scrape time, whether this database (READ_DATABASE_URL) answers
+// and how far it lags behind the primary.
+func (db *DB) ReplicaCollector() prometheus.Collector {
+	return &replicaCollector{db: db,
+		up:  prometheus.NewDesc("tally_read_database_up", "Whether the read database (READ_DATABASE_URL) answered the last scrape.", nil, nil),
+		lag: prometheus.NewDesc("tally_read_database_lag_seconds", "How far the read database lags behind the primary: the age of the last transaction it replayed while WAL is still to replay, else 0.", nil, nil),
+	}
+}
+
+type replicaCollector struct {
+	db      *DB
+	up, lag *prometheus.Desc
+}
+
+func (c *replicaCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up; ch <- c.lag }
+
+func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var lag float64
+	up := 1.0
+	if err := c.db.pool.QueryRow(ctx, replicaLagSQL).Scan(&lag); err != nil {
+		up = 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+	if up == 1 {
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, lag)
+	}
 }

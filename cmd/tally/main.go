@@ -39,7 +39,7 @@ func main() {
 const usage = `usage: tally <command>
 
 commands:
-  serve     run the HTTP API (DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
+  serve     run the HTTP API (DATABASE_URL, READ_DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
   relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_STREAM, NATS_SUBJECT_PREFIX)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 type config struct {
 	databaseURL     string
+	readDatabaseURL string // optional replica for history, dated balances and the feed
 	host            string // API listen address; empty: all interfaces
 	port            string
 	maxConnections  int // open connections the API serves at once
@@ -133,6 +134,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		databaseURL:     getenv("DATABASE_URL"),
+		readDatabaseURL: getenv("READ_DATABASE_URL"),
 		host:            getenv("HOST"),
 		port:            "8000",
 		maxConnections:  httpapi.DefaultMaxConnections,
@@ -231,6 +233,16 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	defer db.Close()
 	reg := newRegistry()
 	reg.MustRegister(db.PoolCollector(), db.WriteCollector())
+	var store httpapi.Store = db
+	if cfg.readDatabaseURL != "" {
+		replica, err := openReplica(ctx, cfg, db.EventSource())
+		if err != nil {
+			return err
+		}
+		defer replica.Close()
+		reg.MustRegister(replica.ReplicaCollector())
+		store = replicaReads{DB: db, replica: replica}
+	}
 	if cfg.relay {
 		r, nc, err := newRelay(cfg, db, log)
 		if err != nil {
@@ -261,7 +273,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 	}
 	defer stopAdmin()
 	srv := &http.Server{
-		Handler:           traced(cfg.tracing, httpapi.NewServer(db, log, health, opts...)),
+		Handler:           traced(cfg.tracing, httpapi.NewServer(store, log, health, opts...)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -315,6 +327,22 @@ func openDB(ctx context.Context, cfg config) (*postgres.DB, error) {
 	}
 	db.SetEventSource(source)
 	return db, nil
+}
+
+// openReplica opens READ_DATABASE_URL's pool. It only reads, so it takes the primary's event
+// source rather than asking the replica, which may be unreachable at start: the API starts
+// anyway and reads from the primary until it answers.
+func openReplica(ctx context.Context, cfg config, source string) (*postgres.DB, error) {
+	opts := []postgres.Option{postgres.WithWriteBatching(1, 0)} // it only reads
+	if cfg.tracing {
+		opts = append(opts, postgres.WithTracing())
+	}
+	replica, err := postgres.Open(ctx, cfg.readDatabaseURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("READ_DATABASE_URL: %w", err)
+	}
+	replica.SetEventSource(source)
+	return replica, nil
 }
 
 // runRelay is the relay command: it publishes the outbox until ctx ends. Several may run;

@@ -40,6 +40,8 @@ type Postgres struct {
 	AdminURL string
 	// Dir is the cluster's data directory.
 	Dir string
+	// Port is the TCP port it listens on at 127.0.0.1.
+	Port int
 
 	cmd     *exec.Cmd
 	logPath string
@@ -53,6 +55,21 @@ func (pg *Postgres) Exited() <-chan struct{} { return pg.exited }
 // dataDir/postgres (or, when the user running it cannot reach that, in a directory of its
 // own under /var/tmp), creating the cluster and the "tally" database when missing.
 func StartPostgres(ctx context.Context, dataDir string, log *slog.Logger) (*Postgres, error) {
+	return startPostgres(ctx, dataDir, log, func(command commandFunc, cluster string) error {
+		log.Info("creating a PostgreSQL cluster", "dir", cluster)
+		if err := command(cluster, "initdb", "-D", cluster, "-A", "trust", "-U", "postgres", "--encoding=UTF8", "--no-locale").Run(); err != nil {
+			return fmt.Errorf("initdb failed: %w", err)
+		}
+		return nil
+	})
+}
+
+// commandFunc prepares one of PostgreSQL's programs to run in dir as the cluster's user.
+type commandFunc func(dir, name string, args ...string) *exec.Cmd
+
+// startPostgres starts a server on the cluster in dataDir/postgres, which create makes when
+// it holds none yet, and waits until it accepts connections and has the "tally" database.
+func startPostgres(ctx context.Context, dataDir string, log *slog.Logger, create func(command commandFunc, cluster string) error) (*Postgres, error) {
 	bin, err := findPostgres(ctx)
 	if err != nil {
 		return nil, err
@@ -109,9 +126,8 @@ func StartPostgres(ctx context.Context, dataDir string, log *slog.Logger) (*Post
 	}
 
 	if _, err := os.Stat(filepath.Join(cluster, "PG_VERSION")); errors.Is(err, fs.ErrNotExist) {
-		log.Info("creating a PostgreSQL cluster", "dir", cluster, "user", runAs.String())
-		if err := command(cluster, "initdb", "-D", cluster, "-A", "trust", "-U", "postgres", "--encoding=UTF8", "--no-locale").Run(); err != nil {
-			return nil, postgresFailed(fmt.Errorf("initdb failed: %w", err), logPath)
+		if err := create(command, cluster); err != nil {
+			return nil, postgresFailed(err, logPath)
 		}
 	}
 	if err := recoverPIDFile(ctx, cluster, log); err != nil {
@@ -131,6 +147,7 @@ func StartPostgres(ctx context.Context, dataDir string, log *slog.Logger) (*Post
 		URL:      fmt.Sprintf("postgres://postgres@127.0.0.1:%d/tally?sslmode=disable", port),
 		AdminURL: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
 		Dir:      cluster,
+		Port:     port,
 		cmd:      cmd,
 		logPath:  logPath,
 		exited:   make(chan struct{}),
