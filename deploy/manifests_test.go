@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -822,4 +824,36 @@ func cmpPtr[T any](first, second *T) *T {
 		return first
 	}
 	return second
+}
+
+// docs/operations.md's connection budget: PostgreSQL's max_connections for prod, and the share
+// kept free for superusers, monitoring, backups and operators.
+const (
+	maxConnections    = 200
+	connectionReserve = 0.2
+)
+
+// At the HPA's maximum, with a rollout's surge pod for each Deployment, the relays' lease
+// connections and the migration Job, prod's pools fit max_connections with the reserve free.
+func TestConnectionBudget(t *testing.T) {
+	t.Parallel()
+	prod, dev := render(t, "prod"), render(t, "dev")
+	require.Len(t, dev.secrets, 1, "the example Secret")
+	u, err := url.Parse(dev.secrets[0].StringData["DATABASE_URL"])
+	require.NoError(t, err)
+	poolMax, err := strconv.Atoi(u.Query().Get("pool_max_conns"))
+	require.NoError(t, err, "the example sets pool_max_conns")
+	surge := func(d *appsv1.Deployment) int {
+		n, err := intstr.GetScaledValueFromIntOrPercent(d.Spec.Strategy.RollingUpdate.MaxSurge, 1, true)
+		require.NoError(t, err)
+		return n
+	}
+	require.Len(t, prod.hpas, 1)
+	api, relay := deployment(t, prod, "tally-api"), deployment(t, prod, "tally-relay")
+	apiPods := int(prod.hpas[0].Spec.MaxReplicas) + surge(api)
+	relayPods := int(*relay.Spec.Replicas) + surge(relay)
+	total := apiPods*poolMax + relayPods*(poolMax+1) + 1
+	require.LessOrEqual(t, float64(total), maxConnections*(1-connectionReserve),
+		"%d API pods and %d relays × pool_max_conns %d, leases and the Job: %d connections", apiPods, relayPods, poolMax, total)
+	t.Logf("at most %d of max_connections %d", total, maxConnections)
 }
