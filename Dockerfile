@@ -2,7 +2,7 @@
 # tally: one static binary on distroless. The image has no shell and runs as 65532 with a
 # read-only root filesystem: tally writes nothing to disk.
 #
-#   docker build -t tally:local .
+#   docker build --build-arg VERSION=$(git describe --tags --always) -t tally:local .
 #   docker run --read-only -e DATABASE_URL=... -p 8000:8000 tally:local            # serve
 #   docker run --read-only -e DATABASE_URL=... tally:local migrate
 

@@ -3,9 +3,12 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,32 +33,64 @@ import (
 
 // overlays are the environments, with what each must render to.
 var overlays = []struct {
-	name        string
-	namespace   string
-	apiReplicas int32
-	hpaMin      int32
-	hpaMax      int32
-	alerts      bool // dev pages no one and drops the PrometheusRule
+	name           string
+	namespace      string
+	hpaMin         int32
+	hpaMax         int32
+	alerts         bool // dev pages no one and drops the PrometheusRule and the Probe
+	tokensRequired bool // the API does not start without TALLY_TOKENS
 }{
-	{name: "dev", namespace: "tally-dev", apiReplicas: 1, hpaMin: 1, hpaMax: 2},
-	{name: "prod", namespace: "tally", apiReplicas: 3, hpaMin: 3, hpaMax: 10, alerts: true},
+	{name: "dev", namespace: "tally-dev", hpaMin: 1, hpaMax: 2},
+	{name: "prod", namespace: "tally", hpaMin: 3, hpaMax: 10, alerts: true, tokensRequired: true},
 }
 
 // The alerts docs/operations.md has a runbook for, by name and anchor.
 var wantAlerts = map[string]string{
-	"TallyHigh5xxRatio":       "high-5xx-ratio",
-	"TallyHighP99Latency":     "high-p99-latency",
-	"TallyReadinessFlapping":  "readiness-flapping",
-	"TallyPoolSaturated":      "pool-saturation",
-	"TallyOutboxBacklogOld":   "outbox-backlog-age",
-	"TallyRelayNoLeader":      "relay-without-leader",
-	"TallyMigrationJobFailed": "migration-job-failed",
+	"TallyAvailabilityBudgetBurn":     "error-budget-burn",
+	"TallyAvailabilityBudgetBurnSlow": "error-budget-burn",
+	"TallyProbeBudgetBurn":            "probe-failing",
+	"TallyProbeBudgetBurnSlow":        "probe-failing",
+	"TallyLatencyBudgetBurn":          "latency-budget-burn",
+	"TallyLatencyBudgetBurnSlow":      "latency-budget-burn",
+	"TallyAPINoReplicasAvailable":     "no-available-api-replicas",
+	"TallyMetricsAbsent":              "metrics-absent",
+	"TallyReadinessFlapping":          "readiness-flapping",
+	"TallyPoolSaturated":              "pool-saturation",
+	"TallyOutboxBacklogOld":           "outbox-backlog-age",
+	"TallyRelayNoLeader":              "relay-without-leader",
+	"TallyMigrationJobFailed":         "migration-job-failed",
 }
 
 const runbookPrefix = "https://github.com/tally-ledger/tally/blob/main/docs/operations.md#"
 
-// The only ports a tally pod may open connections to: PostgreSQL, NATS and DNS.
-var allowedEgress = map[string]bool{"TCP/5432": true, "TCP/4222": true, "TCP/53": true, "UDP/53": true}
+// The release label kube-prometheus-stack's Prometheus selects its ServiceMonitors, Probes and
+// PrometheusRules by, as the base sets it.
+const prometheusRelease = "kube-prometheus-stack"
+
+// egressPeer is a destination a tally pod may open connections to, by the labels its pods
+// carry, with the ports it may use there.
+type egressPeer struct {
+	namespace map[string]string // nil: the pod's own namespace; empty: any namespace
+	pods      map[string]string
+	ports     []string
+}
+
+var (
+	dnsPeer = egressPeer{namespace: map[string]string{"kubernetes.io/metadata.name": "kube-system"},
+		pods: map[string]string{"k8s-app": "kube-dns"}, ports: []string{"UDP/53", "TCP/53"}}
+	postgresPeer = egressPeer{pods: map[string]string{"cnpg.io/podRole": "instance"}, ports: []string{"TCP/5432"}}
+	poolerPeer   = egressPeer{pods: map[string]string{"cnpg.io/podRole": "pooler"}, ports: []string{"TCP/5432", "TCP/6432"}}
+	natsPeer     = egressPeer{namespace: map[string]string{}, pods: map[string]string{"app.kubernetes.io/name": "nats"}, ports: []string{"TCP/4222"}}
+)
+
+// The destinations each workload needs, and no others: the API PostgreSQL directly or through
+// PgBouncer; the relay and the migration Job PostgreSQL itself, for their session advisory
+// locks; only the relay NATS.
+var wantEgress = map[string][]egressPeer{
+	"api":     {postgresPeer, poolerPeer, dnsPeer},
+	"relay":   {postgresPeer, natsPeer, dnsPeer},
+	"migrate": {postgresPeer, dnsPeer},
+}
 
 // The metrics the dashboard must chart (the contract the binary implements).
 var dashboardMetrics = []string{
@@ -81,18 +116,38 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+type probe struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		JobName  string `json:"jobName"`
+		Interval string `json:"interval"`
+		Module   string `json:"module"`
+		Prober   struct {
+			URL string `json:"url"`
+		} `json:"prober"`
+		Targets struct {
+			StaticConfig struct {
+				Static []string `json:"static"`
+			} `json:"staticConfig"`
+		} `json:"targets"`
+	} `json:"spec"`
+}
+
 type prometheusRule struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              struct {
 		Groups []struct {
-			Name  string `json:"name"`
+			Name string `json:"name"`
+			// omitempty: promtool reads these groups back as a Prometheus rule file.
 			Rules []struct {
-				Alert       string            `json:"alert"`
+				Record      string            `json:"record,omitempty"`
+				Alert       string            `json:"alert,omitempty"`
 				Expr        string            `json:"expr"`
-				For         string            `json:"for"`
-				Labels      map[string]string `json:"labels"`
-				Annotations map[string]string `json:"annotations"`
+				For         string            `json:"for,omitempty"`
+				Labels      map[string]string `json:"labels,omitempty"`
+				Annotations map[string]string `json:"annotations,omitempty"`
 			} `json:"rules"`
 		} `json:"groups"`
 	} `json:"spec"`
@@ -111,6 +166,7 @@ type manifests struct {
 	hpas            []*autoscalingv2.HorizontalPodAutoscaler
 	networkPolicies []*networkingv1.NetworkPolicy
 	serviceMonitors []*serviceMonitor
+	probes          []*probe
 	rules           []*prometheusRule
 	custom          []*unstructured.Unstructured // CloudNativePG's, checked against its CRDs (cnpg_test.go)
 }
@@ -123,10 +179,16 @@ var kustomizeMu sync.Mutex
 
 func render(t *testing.T, overlay string) manifests {
 	t.Helper()
+	return renderDir(t, "k8s/overlays/"+overlay)
+}
+
+// renderDir renders the kustomization in dir.
+func renderDir(t *testing.T, dir string) manifests {
+	t.Helper()
 	kustomizeMu.Lock()
 	defer kustomizeMu.Unlock()
 	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).
-		Run(filesys.MakeFsOnDisk(), "k8s/overlays/"+overlay)
+		Run(filesys.MakeFsOnDisk(), dir)
 	require.NoError(t, err)
 	var m manifests
 	for _, r := range resources.Resources() {
@@ -155,6 +217,8 @@ func render(t *testing.T, overlay string) manifests {
 			obj = decode(t, id, data, &m.networkPolicies)
 		case "monitoring.coreos.com/v1/ServiceMonitor":
 			obj = decode(t, id, data, &m.serviceMonitors)
+		case "monitoring.coreos.com/v1/Probe":
+			obj = decode(t, id, data, &m.probes)
 		case "monitoring.coreos.com/v1/PrometheusRule":
 			obj = decode(t, id, data, &m.rules)
 		case "postgresql.cnpg.io/v1/Cluster", "postgresql.cnpg.io/v1/ScheduledBackup", "barmancloud.cnpg.io/v1/ObjectStore":
@@ -202,7 +266,7 @@ func TestOverlays(t *testing.T) {
 			require.Len(t, m.jobs, 1, "the migration Job")
 
 			checkPods(t, m)
-			checkAPI(t, m, o.apiReplicas, o.hpaMin, o.hpaMax)
+			checkAPI(t, m, o.hpaMin, o.hpaMax, o.tokensRequired)
 			checkMigrateJob(t, m)
 			checkDisruptionBudgets(t, m)
 			checkNetworkPolicies(t, m)
@@ -215,8 +279,11 @@ func TestOverlays(t *testing.T) {
 			}
 			if o.alerts {
 				checkAlerts(t, m, anchors)
+				checkProbe(t, m, o.namespace)
+				checkRuleSelectors(t, m, o.namespace, nil)
 			} else {
 				require.Empty(t, m.rules)
+				require.Empty(t, m.probes)
 			}
 		})
 	}
@@ -278,10 +345,17 @@ func checkPods(t *testing.T, m manifests) {
 			}
 
 			require.Empty(t, imageProblem(c.Image), where)
+			require.Contains(t, c.Image, "@sha256:", "%s: pinned by digest", where)
 
 			if strings.HasPrefix(owner, "Job ") {
 				continue // runs to completion; nothing to probe
 			}
+			gomemlimit := envVar(c, "GOMEMLIMIT")
+			require.NotNil(t, gomemlimit, "%s: GOMEMLIMIT", where)
+			require.NotNil(t, gomemlimit.ValueFrom, where)
+			require.NotNil(t, gomemlimit.ValueFrom.ResourceFieldRef, "%s: GOMEMLIMIT from the container's limit", where)
+			require.Equal(t, "limits.memory", gomemlimit.ValueFrom.ResourceFieldRef.Resource, where)
+			require.Contains(t, []string{"", c.Name}, gomemlimit.ValueFrom.ResourceFieldRef.ContainerName, where)
 			for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 				require.NotNil(t, p, "%s: %s probe", where, name)
 				require.NotNil(t, p.HTTPGet, "%s: %s probe over HTTP", where, name)
@@ -291,8 +365,15 @@ func checkPods(t *testing.T, m manifests) {
 			require.Equal(t, "/healthz", c.LivenessProbe.HTTPGet.Path, "%s: liveness must not depend on the database", where)
 			require.Equal(t, "/readyz", c.ReadinessProbe.HTTPGet.Path, where)
 
-			// The grace period covers the preStop sleep, the readiness delay and the drain.
-			budget := env(t, c, "SHUTDOWN_DELAY", 0) + env(t, c, "SHUTDOWN_TIMEOUT", 20*time.Second)
+			// The grace period covers the preStop sleep, the readiness delay and the drain. Only
+			// serve reads SHUTDOWN_*: anywhere else they would promise what nothing does.
+			var budget time.Duration
+			if slices.Equal(c.Args, []string{"serve"}) {
+				budget = env(t, c, "SHUTDOWN_DELAY", 0) + env(t, c, "SHUTDOWN_TIMEOUT", 20*time.Second)
+			} else {
+				require.Nil(t, envVar(c, "SHUTDOWN_DELAY"), "%s: only serve reads SHUTDOWN_DELAY", where)
+				require.Nil(t, envVar(c, "SHUTDOWN_TIMEOUT"), "%s: only serve reads SHUTDOWN_TIMEOUT", where)
+			}
 			if c.Lifecycle != nil && c.Lifecycle.PreStop != nil {
 				require.NotNil(t, c.Lifecycle.PreStop.Sleep, "%s: the image has no shell, so preStop can only sleep", where)
 				budget += time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
@@ -322,12 +403,16 @@ func imageProblem(image string) string {
 }
 
 // checkAPI checks the API's rollout, scaling and shutdown settings.
-func checkAPI(t *testing.T, m manifests, replicas, hpaMin, hpaMax int32) {
+func checkAPI(t *testing.T, m manifests, hpaMin, hpaMax int32, tokensRequired bool) {
 	api := deployment(t, m, "tally-api")
 	c := api.Spec.Template.Spec.Containers[0]
 	require.Equal(t, []string{"serve"}, c.Args)
-	require.NotNil(t, api.Spec.Replicas)
-	require.Equal(t, replicas, *api.Spec.Replicas)
+
+	tokens := envVar(c, "TALLY_TOKENS")
+	require.NotNil(t, tokens, "TALLY_TOKENS")
+	require.NotNil(t, tokens.ValueFrom, "TALLY_TOKENS from the Secret")
+	require.NotNil(t, tokens.ValueFrom.SecretKeyRef, "TALLY_TOKENS from the Secret")
+	require.Equal(t, !tokensRequired, isTrue(tokens.ValueFrom.SecretKeyRef.Optional), "TALLY_TOKENS optional")
 
 	require.Equal(t, appsv1.RollingUpdateDeploymentStrategyType, api.Spec.Strategy.Type)
 	ru := api.Spec.Strategy.RollingUpdate
@@ -357,7 +442,12 @@ func checkAPI(t *testing.T, m manifests, replicas, hpaMin, hpaMax int32) {
 	require.NotNil(t, hpa.Spec.MinReplicas)
 	require.Equal(t, hpaMin, *hpa.Spec.MinReplicas)
 	require.Equal(t, hpaMax, hpa.Spec.MaxReplicas)
-	require.Equal(t, *api.Spec.Replicas, *hpa.Spec.MinReplicas, "an apply must not scale below the HPA's floor")
+	// An apply would reset a scaled-out Deployment to its replicas field: the HPA alone sets them.
+	for _, h := range m.hpas {
+		require.Equal(t, "Deployment", h.Spec.ScaleTargetRef.Kind)
+		require.Nil(t, deployment(t, m, h.Spec.ScaleTargetRef.Name).Spec.Replicas,
+			"Deployment %s: replicas beside HorizontalPodAutoscaler %s", h.Spec.ScaleTargetRef.Name, h.Name)
+	}
 	require.Len(t, hpa.Spec.Metrics, 1)
 	require.Equal(t, corev1.ResourceCPU, hpa.Spec.Metrics[0].Resource.Name)
 	require.EqualValues(t, 70, *hpa.Spec.Metrics[0].Resource.Target.AverageUtilization)
@@ -369,13 +459,19 @@ func checkMigrateJob(t *testing.T, m manifests) {
 	job := m.jobs[0]
 	c := job.Spec.Template.Spec.Containers[0]
 	require.Equal(t, []string{"migrate"}, c.Args)
-	require.Equal(t, corev1.RestartPolicyOnFailure, job.Spec.Template.Spec.RestartPolicy)
+	require.Equal(t, corev1.RestartPolicyNever, job.Spec.Template.Spec.RestartPolicy, "a failed attempt's pod keeps its logs")
+	url := envVar(c, "DATABASE_URL")
+	require.NotNil(t, url)
+	require.NotNil(t, url.ValueFrom)
+	require.NotNil(t, url.ValueFrom.SecretKeyRef)
+	require.Equal(t, "MIGRATE_DATABASE_URL", url.ValueFrom.SecretKeyRef.Key, "the migration role, which owns the schema")
 	require.NotNil(t, job.Spec.BackoffLimit)
 	require.NotNil(t, job.Spec.TTLSecondsAfterFinished)
 	require.Empty(t, c.EnvFrom, "a hashed ConfigMap name would change the Job's immutable template")
 	apiImage := deployment(t, m, "tally-api").Spec.Template.Spec.Containers[0].Image
 	require.Equal(t, apiImage, c.Image)
-	tag := apiImage[strings.LastIndex(apiImage, ":")+1:]
+	ref, _, _ := strings.Cut(apiImage, "@")
+	tag := ref[strings.LastIndex(ref, ":")+1:]
 	require.Equal(t, "tally-migrate-"+tag, job.Name)
 }
 
@@ -390,29 +486,67 @@ func checkDisruptionBudgets(t *testing.T, m manifests) {
 		}
 		require.Len(t, covering, 1, "Deployment %s: PodDisruptionBudgets %v", d.Name, covering)
 	}
+	for _, pdb := range m.pdbs {
+		require.NotNil(t, pdb.Spec.UnhealthyPodEvictionPolicy, pdb.Name)
+		require.Equal(t, policyv1.AlwaysAllow, *pdb.Spec.UnhealthyPodEvictionPolicy,
+			"%s: a drain must not wait on a pod that serves nothing", pdb.Name)
+	}
 }
 
-// checkNetworkPolicies requires every pod to be fenced in for egress, to PostgreSQL, NATS
-// and DNS only, and the metrics port to be open to the monitoring namespace alone.
+// Who may call the API on :8000: the ingress controller's namespace, labelled clients in any
+// namespace, and the blackbox exporter that probes it.
+var apiCallers = []networkingv1.NetworkPolicyPeer{
+	{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "ingress-nginx"}}},
+	{NamespaceSelector: &metav1.LabelSelector{}, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tally/client": "true"}}},
+	{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}},
+		PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "prometheus-blackbox-exporter"}}},
+}
+
+// checkNetworkPolicies requires every pod to be fenced in both ways: egress only to the
+// destinations its workload needs (wantEgress), named by their labels rather than open to any
+// address; the API's port open only to apiCallers, the metrics port only to the monitoring
+// namespace.
 func checkNetworkPolicies(t *testing.T, m manifests) {
 	for _, np := range m.networkPolicies {
 		require.Contains(t, np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress, np.Name)
 		require.Contains(t, np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress, np.Name)
+		component := np.Spec.PodSelector.MatchLabels["app.kubernetes.io/component"]
+		want, ok := wantEgress[component]
+		require.True(t, ok, "%s: selects no known workload", np.Name)
+		reached := map[int]map[string]bool{} // wantEgress index → ports allowed
 		for _, rule := range np.Spec.Egress {
+			require.NotEmpty(t, rule.To, "%s: an egress rule without destinations allows every address", np.Name)
 			require.NotEmpty(t, rule.Ports, "%s: an egress rule without ports allows every port", np.Name)
-			for _, p := range rule.Ports {
-				require.NotNil(t, p.Port, np.Name)
-				require.Nil(t, p.EndPort, np.Name)
-				key := fmt.Sprintf("%s/%s", protocol(p.Protocol), p.Port.String())
-				require.True(t, allowedEgress[key], "%s: egress to %s", np.Name, key)
+			for _, peer := range rule.To {
+				require.Nil(t, peer.IPBlock, "%s: egress names its destinations by label", np.Name)
+				i := slices.IndexFunc(want, func(w egressPeer) bool { return peerIs(peer, w) })
+				require.NotEqual(t, -1, i, "%s: egress to %s, which %s does not need", np.Name, peerString(peer), component)
+				for _, p := range rule.Ports {
+					require.NotNil(t, p.Port, np.Name)
+					require.Nil(t, p.EndPort, np.Name)
+					key := fmt.Sprintf("%s/%s", protocol(p.Protocol), p.Port.String())
+					require.Contains(t, want[i].ports, key, "%s: egress to %s on %s", np.Name, peerString(peer), key)
+					if reached[i] == nil {
+						reached[i] = map[string]bool{}
+					}
+					reached[i][key] = true
+				}
+			}
+		}
+		for i, w := range want {
+			for _, port := range w.ports {
+				require.True(t, reached[i][port], "%s: no egress to %v on %s", np.Name, w.pods, port)
 			}
 		}
 		for _, rule := range np.Spec.Ingress {
 			require.NotEmpty(t, rule.Ports, "%s: an ingress rule without ports allows every port", np.Name)
+			require.NotEmpty(t, rule.From, "%s: an ingress rule without sources allows every caller", np.Name)
 			for _, p := range rule.Ports {
 				require.NotNil(t, p.Port, np.Name)
 				switch p.Port.String() {
 				case "8000":
+					require.Equal(t, "api", component, "%s: only the API serves :8000", np.Name)
+					require.ElementsMatch(t, apiCallers, rule.From, "%s: callers of the API", np.Name)
 				case "9090":
 					require.Len(t, rule.From, 1, np.Name)
 					require.Equal(t, map[string]string{"kubernetes.io/metadata.name": "monitoring"},
@@ -431,19 +565,30 @@ func checkNetworkPolicies(t *testing.T, m manifests) {
 				covering = append(covering, np.Name)
 			}
 		}
-		require.NotEmpty(t, covering, "%s: no NetworkPolicy selects its pods", owner)
+		require.Len(t, covering, 1, "%s: NetworkPolicies %v", owner, covering)
 	}
-	relay := deployment(t, m, "tally-relay").Spec.Template.Labels
-	for _, np := range m.networkPolicies {
-		if !selects(t, &np.Spec.PodSelector, relay) {
-			continue
-		}
-		for _, rule := range np.Spec.Ingress {
-			for _, p := range rule.Ports {
-				require.NotEqual(t, "8000", p.Port.String(), "%s: the relay serves no API", np.Name)
-			}
-		}
+}
+
+// peerIs says whether a NetworkPolicy peer selects exactly the pods w names.
+func peerIs(peer networkingv1.NetworkPolicyPeer, w egressPeer) bool {
+	if peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 || !maps.Equal(peer.PodSelector.MatchLabels, w.pods) {
+		return false
 	}
+	switch {
+	case w.namespace == nil:
+		return peer.NamespaceSelector == nil
+	case peer.NamespaceSelector == nil || len(peer.NamespaceSelector.MatchExpressions) > 0:
+		return false
+	}
+	return maps.Equal(peer.NamespaceSelector.MatchLabels, w.namespace)
+}
+
+func peerString(peer networkingv1.NetworkPolicyPeer) string {
+	data, err := json.Marshal(peer)
+	if err != nil {
+		return err.Error()
+	}
+	return string(data)
 }
 
 // checkServices requires every Service to select a workload and name ports that its pods
@@ -548,6 +693,13 @@ func checkAlerts(t *testing.T, m manifests, anchors map[string]bool) {
 	for name := range wantAlerts {
 		require.True(t, seen[name], "alert %s is missing", name)
 	}
+	for _, pr := range m.rules {
+		require.Equal(t, prometheusRelease, pr.Labels["release"], "PrometheusRule %s", pr.Name)
+	}
+	for _, sm := range m.serviceMonitors {
+		require.Equal(t, prometheusRelease, sm.Labels["release"], "ServiceMonitor %s", sm.Name)
+	}
+	checkBurnRates(t, m)
 }
 
 // headingAnchors returns the anchors GitHub gives the Markdown headings of a file: lower
@@ -643,12 +795,19 @@ func containerPort(t *testing.T, c corev1.Container, port intstr.IntOrString) in
 }
 
 func envValue(c corev1.Container, name string) string {
-	for _, e := range c.Env {
-		if e.Name == name {
-			return e.Value
-		}
+	if e := envVar(c, name); e != nil {
+		return e.Value
 	}
 	return ""
+}
+
+func envVar(c corev1.Container, name string) *corev1.EnvVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	return nil
 }
 
 // env reads a duration setting from the container's env, or def when unset.
@@ -677,4 +836,36 @@ func cmpPtr[T any](first, second *T) *T {
 		return first
 	}
 	return second
+}
+
+// docs/operations.md's connection budget: PostgreSQL's max_connections for prod, and the share
+// kept free for superusers, monitoring, backups and operators.
+const (
+	maxConnections    = 200
+	connectionReserve = 0.2
+)
+
+// At the HPA's maximum, with a rollout's surge pod for each Deployment, the relays' lease
+// connections and the migration Job, prod's pools fit max_connections with the reserve free.
+func TestConnectionBudget(t *testing.T) {
+	t.Parallel()
+	prod, dev := render(t, "prod"), render(t, "dev")
+	require.Len(t, dev.secrets, 1, "the example Secret")
+	u, err := url.Parse(dev.secrets[0].StringData["DATABASE_URL"])
+	require.NoError(t, err)
+	poolMax, err := strconv.Atoi(u.Query().Get("pool_max_conns"))
+	require.NoError(t, err, "the example sets pool_max_conns")
+	surge := func(d *appsv1.Deployment) int {
+		n, err := intstr.GetScaledValueFromIntOrPercent(d.Spec.Strategy.RollingUpdate.MaxSurge, 1, true)
+		require.NoError(t, err)
+		return n
+	}
+	require.Len(t, prod.hpas, 1)
+	api, relay := deployment(t, prod, "tally-api"), deployment(t, prod, "tally-relay")
+	apiPods := int(prod.hpas[0].Spec.MaxReplicas) + surge(api)
+	relayPods := int(*relay.Spec.Replicas) + surge(relay)
+	total := apiPods*poolMax + relayPods*(poolMax+1) + 1
+	require.LessOrEqual(t, float64(total), maxConnections*(1-connectionReserve),
+		"%d API pods and %d relays × pool_max_conns %d, leases and the Job: %d connections", apiPods, relayPods, poolMax, total)
+	t.Logf("at most %d of max_connections %d", total, maxConnections)
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"io/fs"
 	"strings"
 	"time"
 
@@ -54,3 +55,13 @@ const (
 	SeriesSQL = seriesSQL
 	UsersSQL  = usersSQL
 )
+
+// MigrateFiles applies the migrations in fsys as Migrate applies the embedded ones, with the
+// given lock timeout.
+func MigrateFiles(ctx context.Context, databaseURL string, fsys fs.FS, lockTimeout time.Duration) ([]string, error) {
+	ms, err := migrations(fsys)
+	if err != nil {
+		return nil, err
+	}
+	return migrate(ctx, databaseURL, ms, lockTimeout)
+}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -20,14 +21,25 @@ var migrationFiles embed.FS
 // the others wait and then find nothing left to do.
 const migrationLockKey = 7_242_001
 
+// MigrationLockTimeout bounds how long a migration waits for a lock (SET lock_timeout). A DDL
+// statement that waits for its table's lock also makes every later query on that table wait
+// behind it, so a migration that cannot get its lock soon fails instead (SQLSTATE 55P03), with
+// nothing applied, and is run again later.
+const MigrationLockTimeout = 5 * time.Second
+
+// noTransactionMarker, as a migration file's first line, runs it outside a transaction, as
+// CREATE INDEX CONCURRENTLY requires. Such a file holds exactly one statement.
+const noTransactionMarker = "-- tally:no-transaction"
+
 type migration struct {
-	version int
-	name    string
-	sql     string
+	version       int
+	name          string
+	sql           string
+	noTransaction bool
 }
 
-func migrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
+func migrations(fsys fs.FS) ([]migration, error) {
+	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
 		return nil, err
 	}
@@ -38,32 +50,47 @@ func migrations() ([]migration, error) {
 		if !ok || err != nil {
 			return nil, fmt.Errorf("migration %s: name must start with a number and '_'", e.Name())
 		}
-		body, err := fs.ReadFile(migrationFiles, "migrations/"+e.Name())
+		body, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, migration{version: version, name: e.Name(), sql: string(body)})
+		first, _, _ := strings.Cut(string(body), "\n")
+		out = append(out, migration{version: version, name: e.Name(), sql: string(body),
+			noTransaction: strings.TrimSpace(first) == noTransactionMarker})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
 	return out, nil
 }
 
+func embeddedMigrations() ([]migration, error) {
+	fsys, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	return migrations(fsys)
+}
+
 // SchemaVersion is the newest migration this binary carries.
 func SchemaVersion() int {
-	ms, err := migrations()
+	ms, err := embeddedMigrations()
 	if err != nil || len(ms) == 0 {
 		return 0
 	}
 	return ms[len(ms)-1].version
 }
 
-// Migrate applies every embedded migration not yet applied, each in its own transaction,
-// while holding a session advisory lock. It returns the names it applied.
+// Migrate applies every embedded migration not yet applied, each in its own transaction (or,
+// marked "-- tally:no-transaction", alone outside one) under MigrationLockTimeout, while
+// holding a session advisory lock. It returns the names it applied.
 func Migrate(ctx context.Context, databaseURL string) ([]string, error) {
-	ms, err := migrations()
+	ms, err := embeddedMigrations()
 	if err != nil {
 		return nil, err
 	}
+	return migrate(ctx, databaseURL, ms, MigrationLockTimeout)
+}
+
+func migrate(ctx context.Context, databaseURL string, ms []migration, lockTimeout time.Duration) ([]string, error) {
 	// pgxpool's parser accepts (and drops) the pool_* parameters that DATABASE_URL may carry.
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
@@ -85,6 +112,7 @@ func Migrate(ctx context.Context, databaseURL string) ([]string, error) {
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return nil, fmt.Errorf("create schema_migrations: %w", err)
 	}
+	timeout := strconv.FormatInt(lockTimeout.Milliseconds(), 10) // lock_timeout counts milliseconds
 	var applied []string
 	for _, m := range ms {
 		var done bool
@@ -94,17 +122,42 @@ func Migrate(ctx context.Context, databaseURL string) ([]string, error) {
 		if done {
 			continue
 		}
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
+		if m.noTransaction {
+			err = applyAlone(ctx, conn, m, timeout)
+		} else {
+			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				// is_local: the setting ends with the transaction.
+				if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", timeout); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, m.sql); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
 				return err
-			}
-			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
-			return err
-		})
+			})
+		}
 		if err != nil {
 			return applied, fmt.Errorf("migration %s: %w", m.name, err)
 		}
 		applied = append(applied, m.name)
 	}
 	return applied, nil
+}
+
+// applyAlone runs a no-transaction migration: its one statement, then its record. The extended
+// protocol runs exactly one statement and outside a transaction block, as CREATE INDEX
+// CONCURRENTLY needs (the simple protocol would wrap several in one implicit transaction); a
+// file with two statements is refused before anything runs. If the statement succeeds and the
+// record fails, the next run repeats the statement, so write it to be repeatable (IF NOT EXISTS).
+func applyAlone(ctx context.Context, conn *pgx.Conn, m migration, lockTimeout string) error {
+	if _, err := conn.Exec(ctx, "SELECT set_config('lock_timeout', $1, false)", lockTimeout); err != nil {
+		return err
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "RESET lock_timeout") //nolint:errcheck // the session ends soon anyway
+	if _, err := conn.PgConn().ExecParams(ctx, m.sql, nil, nil, nil, nil).Close(); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
+	return err
 }
