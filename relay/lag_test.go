@@ -25,8 +25,15 @@ const lagRate = 200
 // BenchmarkOutboxLag measures the time from a deposit's event `time` (the database clock
 // inside the writing transaction, just before it commits) to its receipt by a JetStream
 // consumer, through a relay with the default settings, while deposits arrive at a steady
-// lagRate. Each iteration is one deposit: -benchtime 1000x writes for five seconds.
+// lagRate: "notify" as the relay runs, woken by the outbox's notifications, and "poll" with
+// them turned off, the relay finding events by its poll alone. Each iteration is one
+// deposit: -benchtime 1000x writes for five seconds.
 func BenchmarkOutboxLag(b *testing.B) {
+	b.Run("poll", func(b *testing.B) { benchmarkOutboxLag(b, true) })
+	b.Run("notify", func(b *testing.B) { benchmarkOutboxLag(b, false) })
+}
+
+func benchmarkOutboxLag(b *testing.B, pollOnly bool) {
 	ctx, cancel := context.WithCancel(b.Context())
 	defer cancel()
 	db, _ := pgtest.NewDB(b)
@@ -37,7 +44,7 @@ func BenchmarkOutboxLag(b *testing.B) {
 	require.NoError(b, err)
 	name := "L" + uuid.NewString()[:8]
 	defer js.DeleteStream(context.Background(), name) //nolint:errcheck // best effort
-	cfg := relay.Config{Stream: name, SubjectPrefix: "l" + name}
+	cfg := relay.Config{Stream: name, SubjectPrefix: "l" + name, PollOnly: pollOnly}
 	r, err := relay.New(db, nc, httpapi.NewLogger(io.Discard, 0), cfg)
 	require.NoError(b, err)
 	relayDone := make(chan struct{})

@@ -43,6 +43,13 @@ type Config struct {
 	// an event can spend published but not yet recorded as published; default 10 minutes.
 	DuplicateWindow time.Duration
 	MaxBackoff      time.Duration // longest wait between retries when NATS fails; default 5s
+	// LeaseTTL bounds how long a relay that stopped answering (frozen, or its node gone)
+	// keeps the lease before a standby takes over; default 5s.
+	LeaseTTL time.Duration
+	// PollOnly turns off the wake-up by LISTEN/NOTIFY, leaving the poll alone: the baseline
+	// BenchmarkOutboxLag compares against.
+	PollOnly bool
+	Replicas int // the stream's replicas when the relay creates it; default 1
 }
 
 func (c *Config) defaults() {
@@ -67,7 +74,19 @@ func (c *Config) defaults() {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 5 * time.Second
 	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
 }
+
+// notifyChannel is where the outbox's trigger (migration 0006) announces committed events.
+const notifyChannel = "tally_outbox"
+
+// errLeaseExpired stops a relay whose lease may already be someone else's.
+var errLeaseExpired = errors.New("the lease went unconfirmed for half its TTL")
 
 // Relay moves events from the outbox to JetStream.
 type Relay struct {
@@ -98,7 +117,11 @@ func (r *Relay) Leader() bool { return r.leader.Load() }
 // until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
 	for {
-		lease, err := r.db.AcquireLease(ctx, leaseKey, r.cfg.Poll*10)
+		leaseCfg := postgres.LeaseConfig{TTL: r.cfg.LeaseTTL, Poll: r.cfg.Poll * 10}
+		if !r.cfg.PollOnly {
+			leaseCfg.Listen = notifyChannel
+		}
+		lease, err := r.db.AcquireLease(ctx, leaseKey, leaseCfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -120,7 +143,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			cancel()
 		}()
-		err = r.publishLoop(activeCtx)
+		err = r.publishLoop(activeCtx, lease)
 		cancel()
 		r.leader.Store(false)
 		lease.Release()
@@ -131,13 +154,15 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// publishLoop publishes batches in stream order and advances the cursor after each batch is
-// acknowledged. A failed batch is published again from its start: JetStream drops the
-// events it already has by their Nats-Msg-Id.
-func (r *Relay) publishLoop(ctx context.Context) error {
+// publishLoop publishes batches in stream order and advances the cursor over the events
+// acknowledged. After a failure it publishes again from the first event not acknowledged:
+// JetStream drops the events it already has by their Nats-Msg-Id. It waits for the next
+// events on the outbox's notifications, or a poll interval at most.
+func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 	backoff := r.cfg.Poll
 	streamReady := false
 	lastPrune := time.Time{}
+	var recheck time.Duration // after a notification that found nothing visible
 	cursor, err := r.db.RelayCursor(ctx, cursorName)
 	if err != nil {
 		return err
@@ -160,20 +185,38 @@ func (r *Relay) publishLoop(ctx context.Context) error {
 				r.prune(ctx, cursor)
 				lastPrune = time.Now()
 			}
-			sleep(ctx, r.cfg.Poll)
+			// Events that were announced but are not visible yet wait for an older write
+			// transaction to end, which may announce nothing: look again soon, not a poll later.
+			wait := r.cfg.Poll
+			if recheck > 0 {
+				wait, recheck = recheck, min(recheck*2, r.cfg.Poll)
+			}
+			select {
+			case <-ctx.Done():
+			case <-lease.Notifications():
+				recheck = time.Millisecond
+			case <-time.After(wait):
+			}
 			continue
 		}
-		if err := r.publish(ctx, events); err != nil {
-			r.log.Warn("publish to JetStream", "error", err, "events", len(events))
+		recheck = 0
+		if !lease.Held() {
+			return errLeaseExpired
+		}
+		acked, err := r.publish(ctx, events)
+		if acked > 0 {
+			cursor = events[acked-1].Cursor
+			if err := r.db.SaveRelayCursor(ctx, cursorName, cursor); err != nil {
+				return err
+			}
+			r.Published.Add(int64(acked))
+		}
+		if err != nil {
+			r.log.Warn("publish to JetStream", "error", err, "events", len(events), "acknowledged", acked)
 			backoff = r.wait(ctx, backoff)
 			continue
 		}
 		backoff = r.cfg.Poll
-		cursor = events[len(events)-1].Cursor
-		if err := r.db.SaveRelayCursor(ctx, cursorName, cursor); err != nil {
-			return err
-		}
-		r.Published.Add(int64(len(events)))
 	}
 	return ctx.Err()
 }
@@ -215,33 +258,57 @@ func (r *Relay) ensureStream(ctx context.Context) error {
 	return err
 }
 
-// publish sends a batch asynchronously, in order, and waits for every acknowledgement.
-func (r *Relay) publish(ctx context.Context, events []ledger.StoredEvent) error {
+// publish sends events asynchronously in stream order, except that a user's event waits for
+// the acknowledgement of that user's previous one: when one fails, the user's later events
+// have not been sent, so none can land in the stream before it. It stops sending at the first
+// failure it sees and returns how many events from the start JetStream acknowledged.
+func (r *Relay) publish(ctx context.Context, events []ledger.StoredEvent) (int, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(events))
-	for _, e := range events {
+	results := make([]error, len(events))
+	waited := make([]bool, len(events))
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	await := func(i int) error {
+		if !waited[i] {
+			waited[i] = true
+			select {
+			case <-futures[i].Ok():
+			case err := <-futures[i].Err():
+				results[i] = err
+			case <-timeout.C:
+				results[i] = errors.New("no acknowledgement from JetStream within 10s")
+				timeout.Reset(0) // the remaining ones time out at once
+			case <-ctx.Done():
+				results[i] = ctx.Err()
+			}
+		}
+		return results[i]
+	}
+	last := map[int64]int{} // user → index of the user's latest event sent
+	var sendErr error
+	for i, e := range events {
+		if j, ok := last[e.UserID]; ok {
+			if sendErr = await(j); sendErr != nil {
+				break
+			}
+		}
 		msg := nats.NewMsg(r.cfg.SubjectPrefix + "." + string(e.Type))
 		msg.Data = e.Body
 		msg.Header.Set("Content-Type", "application/cloudevents+json")
 		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID.String()))
 		if err != nil {
-			return err
+			sendErr = err
+			break
 		}
 		futures = append(futures, f)
+		last[e.UserID] = i
 	}
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return err
-		case <-timeout.C:
-			return errors.New("no acknowledgement from JetStream within 10s")
-		case <-ctx.Done():
-			return ctx.Err()
+	for i := range futures {
+		if err := await(i); err != nil {
+			return i, err
 		}
 	}
-	return nil
+	return len(futures), sendErr
 }
 
 func (r *Relay) prune(ctx context.Context, published ledger.EventCursor) {
