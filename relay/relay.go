@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -49,7 +50,11 @@ type Config struct {
 	// PollOnly turns off the wake-up by LISTEN/NOTIFY, leaving the poll alone: the baseline
 	// BenchmarkOutboxLag compares against.
 	PollOnly bool
-	Replicas int // the stream's replicas when the relay creates it; default 1
+	// The stream's replicas and limits when the relay creates it. Defaults: 1 replica, events
+	// kept 7 days, at most 8 GiB; a full stream refuses new events (they wait in the outbox).
+	Replicas int
+	MaxAge   time.Duration
+	MaxBytes int64
 }
 
 func (c *Config) defaults() {
@@ -80,6 +85,12 @@ func (c *Config) defaults() {
 	if c.Replicas <= 0 {
 		c.Replicas = 1
 	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 7 * 24 * time.Hour
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 8 << 30
+	}
 }
 
 // notifyChannel is where the outbox's trigger (migration 0006) announces committed events.
@@ -108,6 +119,14 @@ func New(db *postgres.DB, nc *nats.Conn, log *slog.Logger, cfg Config) (*Relay, 
 		return nil, err
 	}
 	return &Relay{db: db, nc: nc, js: js, log: log, cfg: cfg}, nil
+}
+
+// NATSConnected fails unless the relay's NATS connection is up.
+func (r *Relay) NATSConnected() error {
+	if status := r.nc.Status(); status != nats.CONNECTED {
+		return fmt.Errorf("NATS connection is %s", status)
+	}
+	return nil
 }
 
 // Leader reports whether this relay holds the lease and is publishing.
@@ -226,9 +245,14 @@ func (r *Relay) wait(ctx context.Context, backoff time.Duration) time.Duration {
 	return min(backoff*2, r.cfg.MaxBackoff)
 }
 
-// ensureStream creates the stream if it is missing. An existing stream keeps the limits and
-// replicas its operators gave it; only a missing subject or a de-duplication window shorter
-// than the relay needs is changed.
+// maxMsgSize is the largest event the stream created by the relay accepts; tally's events
+// are well under a kilobyte.
+const maxMsgSize = 1 << 20
+
+// ensureStream creates the stream if it is missing, with the configured replicas and explicit
+// limits. An existing stream keeps the limits and replicas its operators gave it: only a
+// missing subject or a de-duplication window shorter than the relay needs is changed, and a
+// replica count other than the configured one is reported.
 func (r *Relay) ensureStream(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -239,14 +263,27 @@ func (r *Relay) ensureStream(ctx context.Context) error {
 			Name:       r.cfg.Stream,
 			Subjects:   []string{subject},
 			Storage:    jetstream.FileStorage,
+			Replicas:   r.cfg.Replicas,
+			MaxAge:     r.cfg.MaxAge,
+			MaxBytes:   r.cfg.MaxBytes,
+			MaxMsgSize: maxMsgSize,
+			Discard:    jetstream.DiscardNew,
 			Duplicates: r.cfg.DuplicateWindow,
 		})
+		if err == nil {
+			r.log.Info("created stream", "stream", r.cfg.Stream, "replicas", r.cfg.Replicas,
+				"max_age", r.cfg.MaxAge.String(), "max_bytes", r.cfg.MaxBytes)
+		}
 		return err
 	}
 	if err != nil {
 		return err
 	}
 	cfg := stream.CachedInfo().Config
+	if cfg.Replicas != r.cfg.Replicas {
+		r.log.Warn("the stream's replica count differs from NATS_STREAM_REPLICAS; the relay leaves it as it is",
+			"stream", r.cfg.Stream, "replicas", cfg.Replicas, "configured", r.cfg.Replicas)
+	}
 	if slices.Contains(cfg.Subjects, subject) && cfg.Duplicates >= r.cfg.DuplicateWindow {
 		return nil
 	}
@@ -333,18 +370,43 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// NATS is how the relay reaches NATS: one server or several, and the credentials.
+type NATS struct {
+	URLs      string // comma-separated, as NATS_URL; the client fails over between them
+	CredsFile string // a .creds file (JWT and NKey seed), as NATS_CREDS
+	User      string // with Password, as NATS_USER and NATS_PASSWORD
+	Password  string
+}
+
 // Connect dials NATS and keeps reconnecting forever: events wait in the outbox meanwhile.
-func Connect(url string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// Credentials in the URLs work, but no log line shows them.
+func Connect(cfg NATS, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
 		nats.Name("tally-relay"),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "error", err) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
-	)
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", RedactURLs(nc.ConnectedUrl())) }),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	nc, err := nats.Connect(cfg.URLs, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(cfg.URLs), errors.New(RedactURLs(err.Error())))
 	}
 	return nc, nil
 }
+
+// RedactURLs replaces the user information of every URL in a comma-separated list (or in a
+// message that quotes one) with "redacted", for logs and errors.
+func RedactURLs(s string) string {
+	return userinfo.ReplaceAllString(s, "${1}redacted@")
+}
+
+// userinfo matches the "user:password@" after a URL's scheme.
+var userinfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s,]*@`)
