@@ -15,6 +15,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/httpapi"
@@ -96,10 +97,14 @@ func (f *fixture) streamEvents(t *testing.T, js jetstream.JetStream, want int) [
 		info, err := s.Info(f.ctx)
 		return err == nil && info.State.Msgs >= uint64(want)
 	}, 30*time.Second, 20*time.Millisecond, "stream never reached %d messages", want)
-	c, err := js.OrderedConsumer(f.ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
-	batch, err := c.FetchNoWait(want + 100)
-	require.NoError(t, err)
+	// A cluster that just regained its quorum may refuse a consumer for a moment.
+	var batch jetstream.MessageBatch
+	require.EventuallyWithT(t, func(t *assert.CollectT) {
+		c, err := js.OrderedConsumer(f.ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{})
+		require.NoError(t, err)
+		batch, err = c.FetchNoWait(want + 100)
+		require.NoError(t, err)
+	}, 30*time.Second, 100*time.Millisecond)
 	var msgs []jetstream.Msg
 	for m := range batch.Messages() {
 		msgs = append(msgs, m)
