@@ -85,10 +85,13 @@ func benchmarkOutboxLag(b *testing.B, pollOnly bool) {
 	b.ResetTimer()
 	tick := time.NewTicker(time.Second / lagRate)
 	defer tick.Stop()
+	writes := make([]time.Duration, 0, b.N)
 	for i, uid := range uids {
 		<-tick.C
+		began := time.Now()
 		_, err := db.Apply(ctx, ledger.Request{UID: uid, UserID: users[i%len(users)], Type: ledger.Deposit, Amount: 100}, httpapi.RenderTransaction)
 		require.NoError(b, err)
+		writes = append(writes, time.Since(began))
 	}
 	samples := make([]time.Duration, 0, b.N)
 	deadline := time.After(60 * time.Second)
@@ -101,12 +104,14 @@ func benchmarkOutboxLag(b *testing.B, pollOnly bool) {
 		}
 	}
 	b.StopTimer()
-	slices.Sort(samples)
-	ms := func(q float64) float64 {
-		return float64(samples[int(q*float64(len(samples)-1))].Microseconds()) / 1000
+	ms := func(d []time.Duration, q float64) float64 {
+		slices.Sort(d)
+		return float64(d[int(q*float64(len(d)-1))].Microseconds()) / 1000
 	}
 	b.ReportMetric(0, "ns/op") // the pace of the writes, not a cost
-	b.ReportMetric(ms(0.5), "p50-ms")
-	b.ReportMetric(ms(0.99), "p99-ms")
-	b.ReportMetric(ms(1), "max-ms")
+	b.ReportMetric(ms(samples, 0.5), "p50-ms")
+	b.ReportMetric(ms(samples, 0.99), "p99-ms")
+	b.ReportMetric(ms(samples, 1), "max-ms")
+	// The writes' own duration, a part of which (the commit) precedes any relay's first look.
+	b.ReportMetric(ms(writes, 0.5), "write-p50-ms")
 }

@@ -295,5 +295,5 @@ func TestFrozenRelayLeaderIsReplaced(t *testing.T) {
 	require.Equal(t, outbox, len(seen), "every event in the stream")
 	require.Zero(t, duplicates)
 	require.Zero(t, outOfOrder)
-	require.Contains(t, first.logs.String(), "relay lost its lease")
+	require.Contains(t, first.logs.String(), "waiting for the lease again")
 }
