@@ -26,6 +26,7 @@ func (c *LeaseConfig) defaults() {
 	if c.TTL <= 0 {
 		c.TTL = 5 * time.Second
 	}
+	c.TTL = max(c.TTL, 100*time.Millisecond) // idle_session_timeout counts milliseconds; 0 would turn it off
 	if c.Poll <= 0 {
 		c.Poll = 250 * time.Millisecond
 	}

@@ -270,9 +270,11 @@ func TestFailedPublishKeepsEachUsersOrder(t *testing.T) {
 		}
 	}
 	f.events += 2 * 4 // per user: the first deposit applied and funded, two more applied
-	events, err := f.db.Events(f.ctx, ledger.EventCursor{}, 100)
-	require.NoError(t, err)
-	require.Len(t, events, f.events)
+	var events []ledger.StoredEvent
+	require.Eventually(t, func() bool { // visible once older transactions on the server end
+		events, err = f.db.Events(f.ctx, ledger.EventCursor{}, 100)
+		return err == nil && len(events) == f.events
+	}, 10*time.Second, 10*time.Millisecond)
 	limit := len(events[1].Body) // the large user's user.created; headers take it over
 	for i, e := range events {
 		if i != 1 {
