@@ -51,7 +51,8 @@ type Config struct {
 	// BenchmarkOutboxLag compares against.
 	PollOnly bool
 	// The stream's replicas and limits when the relay creates it. Defaults: 1 replica, events
-	// kept 7 days, at most 8 GiB; a full stream refuses new events (they wait in the outbox).
+	// kept 7 days, no byte limit (JetStream reserves one up front, so it must fit the server's
+	// storage); a full stream refuses new events, which wait in the outbox.
 	Replicas int
 	MaxAge   time.Duration
 	MaxBytes int64
@@ -89,7 +90,7 @@ func (c *Config) defaults() {
 		c.MaxAge = 7 * 24 * time.Hour
 	}
 	if c.MaxBytes <= 0 {
-		c.MaxBytes = 8 << 30
+		c.MaxBytes = -1
 	}
 }
 

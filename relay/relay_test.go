@@ -55,7 +55,8 @@ func setup(t *testing.T, url string) *fixture {
 	name := "T" + uuid.NewString()[:8]
 	t.Cleanup(func() { js.DeleteStream(context.Background(), name) }) //nolint:errcheck // may be gone with its server
 	return &fixture{db: db, url: dbURL, nc: nc, js: js, ctx: context.Background(),
-		cfg: relay.Config{Stream: name, SubjectPrefix: "t" + name, Poll: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}}
+		cfg: relay.Config{Stream: name, SubjectPrefix: "t" + name, Poll: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+			MaxBytes: 64 << 20}} // a shared server reserves every stream's limit
 }
 
 func (f *fixture) start(t *testing.T, nc *nats.Conn) (*relay.Relay, context.CancelFunc) {
