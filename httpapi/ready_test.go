@@ -24,6 +24,7 @@ func TestReadyHandler(t *testing.T) {
 	}{
 		{name: "ready", wantStatus: http.StatusOK, wantBody: `{"status":"ready"}`},
 		{name: "the check fails", check: errors.New("schema too old"), wantStatus: http.StatusServiceUnavailable, wantBody: `{"status":"database not ready"}`},
+		{name: "a named check fails", check: &httpapi.NotReady{Status: "NATS not connected", Err: errors.New("RECONNECTING")}, wantStatus: http.StatusServiceUnavailable, wantBody: `{"status":"NATS not connected"}`},
 		{name: "shutting down", shuttingDown: true, wantStatus: http.StatusServiceUnavailable, wantBody: `{"status":"shutting down"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -156,12 +156,27 @@ func ReadyHandler(health *Health, log *slog.Logger, check func(context.Context) 
 		defer cancel()
 		if err := check(ctx); err != nil {
 			log.WarnContext(r.Context(), "not ready", "error", err)
-			encode(w, http.StatusServiceUnavailable, map[string]string{"status": "database not ready"})
+			status := "database not ready"
+			var notReady *NotReady
+			if errors.As(err, &notReady) {
+				status = notReady.Status
+			}
+			encode(w, http.StatusServiceUnavailable, map[string]string{"status": status})
 			return
 		}
 		encode(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 }
+
+// NotReady is a readiness check's failure that names what is not ready, such as "NATS not
+// connected"; /readyz reports Status. Other failures read "database not ready".
+type NotReady struct {
+	Status string
+	Err    error
+}
+
+func (e *NotReady) Error() string { return e.Status + ": " + e.Err.Error() }
+func (e *NotReady) Unwrap() error { return e.Err }
 
 type requestIDKey struct{}
 

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,12 +48,23 @@ func (db *DB) RelayCursor(ctx context.Context, name string) (ledger.EventCursor,
 	return c, err
 }
 
-// SaveRelayCursor records that every event up to c has been acknowledged by the broker.
+// SaveRelayCursor records that every event up to c has been acknowledged by the broker. It
+// never moves the cursor back: a relay that lost its lease while publishing may finish a batch
+// the next leader has already recorded past.
+//
+// The commit does not wait for the disk: a crash may lose the last few positions recorded, and
+// the relay then publishes those events again, which the stream drops as duplicates.
 func (db *DB) SaveRelayCursor(ctx context.Context, name string, c ledger.EventCursor) error {
-	_, err := db.pool.Exec(ctx, `INSERT INTO relay_cursor (name, txid, position) VALUES ($1, $2::bigint::text::xid8, $3)
-		ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position, published_at = now()`,
-		name, c.TxID, c.Position)
-	return err
+	return db.withTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO relay_cursor (name, txid, position) VALUES ($1, $2::bigint::text::xid8, $3)
+		ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position, published_at = now()
+		WHERE (relay_cursor.txid, relay_cursor.position) < (excluded.txid, excluded.position)`,
+			name, c.TxID, c.Position)
+		return err
+	})
 }
 
 // PruneEvents deletes events created before olderThan that the relay has published, and
@@ -120,69 +130,4 @@ func (db *DB) Backlog(ctx context.Context, published ledger.EventCursor) (int64,
 		return n, 0, err
 	}
 	return n, time.Since(*oldest), nil
-}
-
-// Lease is a session advisory lock held on a connection of its own: whoever holds it is the
-// one active relay. It ends when Release is called or the connection is lost.
-type Lease struct {
-	conn *pgx.Conn
-	lost chan struct{}
-	stop chan struct{}
-}
-
-// AcquireLease waits until it holds the advisory lock key, trying every poll.
-func (db *DB) AcquireLease(ctx context.Context, key int64, poll time.Duration) (*Lease, error) {
-	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
-	if err != nil {
-		return nil, fmt.Errorf("lease connection: %w", err)
-	}
-	for {
-		var got bool
-		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil {
-			conn.Close(context.WithoutCancel(ctx))
-			return nil, fmt.Errorf("try lease: %w", err)
-		}
-		if got {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			conn.Close(context.WithoutCancel(ctx))
-			return nil, ctx.Err()
-		case <-time.After(poll):
-		}
-	}
-	l := &Lease{conn: conn, lost: make(chan struct{}), stop: make(chan struct{})}
-	go l.watch(poll)
-	return l, nil
-}
-
-// watch pings the lease's connection; if it fails, the lock may already be someone else's.
-func (l *Lease) watch(every time.Duration) {
-	defer close(l.lost)
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-ticker.C:
-			ctx, cancel := context.WithTimeout(context.Background(), every)
-			err := l.conn.Ping(ctx)
-			cancel()
-			if err != nil {
-				return
-			}
-		}
-	}
-}
-
-// Lost is closed when the lease ends.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
-
-// Release gives the lease up by closing its connection, which frees the lock.
-func (l *Lease) Release() {
-	close(l.stop)
-	<-l.lost
-	l.conn.Close(context.Background())
 }

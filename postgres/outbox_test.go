@@ -152,11 +152,11 @@ func TestEventsNeverSkipALateCommit(t *testing.T) {
 
 func TestLeaseIsExclusive(t *testing.T) {
 	f := setup(t)
-	first, err := f.db.AcquireLease(f.ctx, 99, 20*time.Millisecond)
+	first, err := f.db.AcquireLease(f.ctx, 99, postgres.LeaseConfig{Poll: 20 * time.Millisecond})
 	require.NoError(t, err)
 	got := make(chan struct{})
 	go func() {
-		second, err := f.db.AcquireLease(f.ctx, 99, 20*time.Millisecond)
+		second, err := f.db.AcquireLease(f.ctx, 99, postgres.LeaseConfig{Poll: 20 * time.Millisecond})
 		if err == nil {
 			close(got)
 			second.Release()
@@ -259,7 +259,7 @@ func TestUserWritesNeverWaitOnALease(t *testing.T) {
 			f := setup(t)
 			_, err := f.db.Pool().Exec(f.ctx, "INSERT INTO users (id, name) OVERRIDING SYSTEM VALUE VALUES ($1, 'lease')", tc.key)
 			require.NoError(t, err)
-			lease, err := f.db.AcquireLease(f.ctx, tc.key, time.Second)
+			lease, err := f.db.AcquireLease(f.ctx, tc.key, postgres.LeaseConfig{})
 			require.NoError(t, err)
 			defer lease.Release()
 			ctx, cancel := context.WithTimeout(f.ctx, 5*time.Second)
@@ -274,4 +274,40 @@ func TestUserWritesNeverWaitOnALease(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The outbox's trigger wakes a lease holder that listens, once the writing transaction
+// commits, and not for one that rolls back.
+func TestLeaseDeliversOutboxNotifications(t *testing.T) {
+	f := setup(t)
+	lease, err := f.db.AcquireLease(f.ctx, 98, postgres.LeaseConfig{Listen: "tally_outbox"})
+	require.NoError(t, err)
+	defer lease.Release()
+
+	tx, err := f.db.Pool().Begin(f.ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(f.ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES (gen_random_uuid(), 1, 1, 'x', '{}')`)
+	require.NoError(t, err)
+	require.NoError(t, tx.Rollback(f.ctx))
+	select {
+	case <-lease.Notifications():
+		t.Fatal("notified of a rolled-back write")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	u, err := f.db.CreateUser(f.ctx, "woken")
+	require.NoError(t, err)
+	select {
+	case <-lease.Notifications():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification for a committed write")
+	}
+	_, err = f.db.Apply(f.ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 100}, render)
+	require.NoError(t, err)
+	select {
+	case <-lease.Notifications():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification for a committed write")
+	}
+	require.True(t, lease.Held())
 }

@@ -94,7 +94,7 @@ func TestDocumentedRoles(t *testing.T) {
 	require.NoError(t, db.SaveRelayCursor(ctx, "roles-test", events[len(events)-1].Cursor))
 	_, err = db.PruneEvents(ctx, time.Now().Add(time.Hour), events[len(events)-1].Cursor)
 	require.NoError(t, err)
-	lease, err := db.AcquireLease(ctx, 7_242_999, 10*time.Millisecond)
+	lease, err := db.AcquireLease(ctx, 7_242_999, postgres.LeaseConfig{Poll: 10 * time.Millisecond})
 	require.NoError(t, err)
 	lease.Release()
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,18 @@ type Config struct {
 	// an event can spend published but not yet recorded as published; default 10 minutes.
 	DuplicateWindow time.Duration
 	MaxBackoff      time.Duration // longest wait between retries when NATS fails; default 5s
+	// LeaseTTL bounds how long a relay that stopped answering (frozen, or its node gone)
+	// keeps the lease before a standby takes over; default 5s.
+	LeaseTTL time.Duration
+	// PollOnly turns off the wake-up by LISTEN/NOTIFY, leaving the poll alone: the baseline
+	// BenchmarkOutboxLag compares against.
+	PollOnly bool
+	// The stream's replicas and limits when the relay creates it. Defaults: 1 replica, events
+	// kept 7 days, no byte limit (JetStream reserves one up front, so it must fit the server's
+	// storage); a full stream refuses new events, which wait in the outbox.
+	Replicas int
+	MaxAge   time.Duration
+	MaxBytes int64
 }
 
 func (c *Config) defaults() {
@@ -67,7 +80,25 @@ func (c *Config) defaults() {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 5 * time.Second
 	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 7 * 24 * time.Hour
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = -1
+	}
 }
+
+// notifyChannel is where the outbox's trigger (migration 0006) announces committed events.
+const notifyChannel = "tally_outbox"
+
+// errLeaseExpired stops a relay whose lease may already be someone else's.
+var errLeaseExpired = errors.New("the lease went unconfirmed for half its TTL")
 
 // Relay moves events from the outbox to JetStream.
 type Relay struct {
@@ -91,6 +122,14 @@ func New(db *postgres.DB, nc *nats.Conn, log *slog.Logger, cfg Config) (*Relay, 
 	return &Relay{db: db, nc: nc, js: js, log: log, cfg: cfg}, nil
 }
 
+// NATSConnected fails unless the relay's NATS connection is up.
+func (r *Relay) NATSConnected() error {
+	if status := r.nc.Status(); status != nats.CONNECTED {
+		return fmt.Errorf("NATS connection is %s", status)
+	}
+	return nil
+}
+
 // Leader reports whether this relay holds the lease and is publishing.
 func (r *Relay) Leader() bool { return r.leader.Load() }
 
@@ -98,7 +137,11 @@ func (r *Relay) Leader() bool { return r.leader.Load() }
 // until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
 	for {
-		lease, err := r.db.AcquireLease(ctx, leaseKey, r.cfg.Poll*10)
+		leaseCfg := postgres.LeaseConfig{TTL: r.cfg.LeaseTTL, Poll: r.cfg.Poll * 10}
+		if !r.cfg.PollOnly {
+			leaseCfg.Listen = notifyChannel
+		}
+		lease, err := r.db.AcquireLease(ctx, leaseKey, leaseCfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -120,7 +163,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			cancel()
 		}()
-		err = r.publishLoop(activeCtx)
+		err = r.publishLoop(activeCtx, lease)
 		cancel()
 		r.leader.Store(false)
 		lease.Release()
@@ -131,13 +174,15 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// publishLoop publishes batches in stream order and advances the cursor after each batch is
-// acknowledged. A failed batch is published again from its start: JetStream drops the
-// events it already has by their Nats-Msg-Id.
-func (r *Relay) publishLoop(ctx context.Context) error {
+// publishLoop publishes batches in stream order and advances the cursor over the events
+// acknowledged. After a failure it publishes again from the first event not acknowledged:
+// JetStream drops the events it already has by their Nats-Msg-Id. It waits for the next
+// events on the outbox's notifications, or a poll interval at most.
+func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 	backoff := r.cfg.Poll
 	streamReady := false
 	lastPrune := time.Time{}
+	var recheck time.Duration // after a notification that found nothing visible
 	cursor, err := r.db.RelayCursor(ctx, cursorName)
 	if err != nil {
 		return err
@@ -160,20 +205,38 @@ func (r *Relay) publishLoop(ctx context.Context) error {
 				r.prune(ctx, cursor)
 				lastPrune = time.Now()
 			}
-			sleep(ctx, r.cfg.Poll)
+			// Events that were announced but are not visible yet wait for an older write
+			// transaction to end, which may announce nothing: look again soon, not a poll later.
+			wait := r.cfg.Poll
+			if recheck > 0 {
+				wait, recheck = recheck, min(recheck*2, r.cfg.Poll)
+			}
+			select {
+			case <-ctx.Done():
+			case <-lease.Notifications():
+				recheck = time.Millisecond
+			case <-time.After(wait):
+			}
 			continue
 		}
-		if err := r.publish(ctx, events); err != nil {
-			r.log.Warn("publish to JetStream", "error", err, "events", len(events))
+		recheck = 0
+		if !lease.Held() {
+			return errLeaseExpired
+		}
+		acked, err := r.publish(ctx, events)
+		if acked > 0 {
+			cursor = events[acked-1].Cursor
+			if err := r.db.SaveRelayCursor(ctx, cursorName, cursor); err != nil {
+				return err
+			}
+			r.Published.Add(int64(acked))
+		}
+		if err != nil {
+			r.log.Warn("publish to JetStream", "error", err, "events", len(events), "acknowledged", acked)
 			backoff = r.wait(ctx, backoff)
 			continue
 		}
 		backoff = r.cfg.Poll
-		cursor = events[len(events)-1].Cursor
-		if err := r.db.SaveRelayCursor(ctx, cursorName, cursor); err != nil {
-			return err
-		}
-		r.Published.Add(int64(len(events)))
 	}
 	return ctx.Err()
 }
@@ -183,9 +246,14 @@ func (r *Relay) wait(ctx context.Context, backoff time.Duration) time.Duration {
 	return min(backoff*2, r.cfg.MaxBackoff)
 }
 
-// ensureStream creates the stream if it is missing. An existing stream keeps the limits and
-// replicas its operators gave it; only a missing subject or a de-duplication window shorter
-// than the relay needs is changed.
+// maxMsgSize is the largest event the stream created by the relay accepts; tally's events
+// are well under a kilobyte.
+const maxMsgSize = 1 << 20
+
+// ensureStream creates the stream if it is missing, with the configured replicas and explicit
+// limits. An existing stream keeps the limits and replicas its operators gave it: only a
+// missing subject or a de-duplication window shorter than the relay needs is changed, and a
+// replica count other than the configured one is reported.
 func (r *Relay) ensureStream(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -196,14 +264,27 @@ func (r *Relay) ensureStream(ctx context.Context) error {
 			Name:       r.cfg.Stream,
 			Subjects:   []string{subject},
 			Storage:    jetstream.FileStorage,
+			Replicas:   r.cfg.Replicas,
+			MaxAge:     r.cfg.MaxAge,
+			MaxBytes:   r.cfg.MaxBytes,
+			MaxMsgSize: maxMsgSize,
+			Discard:    jetstream.DiscardNew,
 			Duplicates: r.cfg.DuplicateWindow,
 		})
+		if err == nil {
+			r.log.Info("created stream", "stream", r.cfg.Stream, "replicas", r.cfg.Replicas,
+				"max_age", r.cfg.MaxAge.String(), "max_bytes", r.cfg.MaxBytes)
+		}
 		return err
 	}
 	if err != nil {
 		return err
 	}
 	cfg := stream.CachedInfo().Config
+	if cfg.Replicas != r.cfg.Replicas {
+		r.log.Warn("the stream's replica count differs from NATS_STREAM_REPLICAS; the relay leaves it as it is",
+			"stream", r.cfg.Stream, "replicas", cfg.Replicas, "configured", r.cfg.Replicas)
+	}
 	if slices.Contains(cfg.Subjects, subject) && cfg.Duplicates >= r.cfg.DuplicateWindow {
 		return nil
 	}
@@ -215,33 +296,57 @@ func (r *Relay) ensureStream(ctx context.Context) error {
 	return err
 }
 
-// publish sends a batch asynchronously, in order, and waits for every acknowledgement.
-func (r *Relay) publish(ctx context.Context, events []ledger.StoredEvent) error {
+// publish sends events asynchronously in stream order, except that a user's event waits for
+// the acknowledgement of that user's previous one: when one fails, the user's later events
+// have not been sent, so none can land in the stream before it. It stops sending at the first
+// failure it sees and returns how many events from the start JetStream acknowledged.
+func (r *Relay) publish(ctx context.Context, events []ledger.StoredEvent) (int, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(events))
-	for _, e := range events {
+	results := make([]error, len(events))
+	waited := make([]bool, len(events))
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	await := func(i int) error {
+		if !waited[i] {
+			waited[i] = true
+			select {
+			case <-futures[i].Ok():
+			case err := <-futures[i].Err():
+				results[i] = err
+			case <-timeout.C:
+				results[i] = errors.New("no acknowledgement from JetStream within 10s")
+				timeout.Reset(0) // the remaining ones time out at once
+			case <-ctx.Done():
+				results[i] = ctx.Err()
+			}
+		}
+		return results[i]
+	}
+	last := map[int64]int{} // user → index of the user's latest event sent
+	var sendErr error
+	for i, e := range events {
+		if j, ok := last[e.UserID]; ok {
+			if sendErr = await(j); sendErr != nil {
+				break
+			}
+		}
 		msg := nats.NewMsg(r.cfg.SubjectPrefix + "." + string(e.Type))
 		msg.Data = e.Body
 		msg.Header.Set("Content-Type", "application/cloudevents+json")
 		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID.String()))
 		if err != nil {
-			return err
+			sendErr = err
+			break
 		}
 		futures = append(futures, f)
+		last[e.UserID] = i
 	}
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return err
-		case <-timeout.C:
-			return errors.New("no acknowledgement from JetStream within 10s")
-		case <-ctx.Done():
-			return ctx.Err()
+	for i := range futures {
+		if err := await(i); err != nil {
+			return i, err
 		}
 	}
-	return nil
+	return len(futures), sendErr
 }
 
 func (r *Relay) prune(ctx context.Context, published ledger.EventCursor) {
@@ -266,18 +371,43 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// NATS is how the relay reaches NATS: one server or several, and the credentials.
+type NATS struct {
+	URLs      string // comma-separated, as NATS_URL; the client fails over between them
+	CredsFile string // a .creds file (JWT and NKey seed), as NATS_CREDS
+	User      string // with Password, as NATS_USER and NATS_PASSWORD
+	Password  string
+}
+
 // Connect dials NATS and keeps reconnecting forever: events wait in the outbox meanwhile.
-func Connect(url string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// Credentials in the URLs work, but no log line shows them.
+func Connect(cfg NATS, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
 		nats.Name("tally-relay"),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "error", err) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
-	)
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", RedactURLs(nc.ConnectedUrl())) }),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	nc, err := nats.Connect(cfg.URLs, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(cfg.URLs), errors.New(RedactURLs(err.Error())))
 	}
 	return nc, nil
 }
+
+// RedactURLs replaces the user information of every URL in a comma-separated list (or in a
+// message that quotes one) with "redacted", for logs and errors.
+func RedactURLs(s string) string {
+	return userinfo.ReplaceAllString(s, "${1}redacted@")
+}
+
+// userinfo matches the "user:password@" after a URL's scheme.
+var userinfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s,]*@`)

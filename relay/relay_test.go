@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/httpapi"
@@ -53,7 +55,8 @@ func setup(t *testing.T, url string) *fixture {
 	name := "T" + uuid.NewString()[:8]
 	t.Cleanup(func() { js.DeleteStream(context.Background(), name) }) //nolint:errcheck // may be gone with its server
 	return &fixture{db: db, url: dbURL, nc: nc, js: js, ctx: context.Background(),
-		cfg: relay.Config{Stream: name, SubjectPrefix: "t" + name, Poll: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}}
+		cfg: relay.Config{Stream: name, SubjectPrefix: "t" + name, Poll: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+			MaxBytes: 64 << 20}} // a shared server reserves every stream's limit
 }
 
 func (f *fixture) start(t *testing.T, nc *nats.Conn) (*relay.Relay, context.CancelFunc) {
@@ -95,10 +98,14 @@ func (f *fixture) streamEvents(t *testing.T, js jetstream.JetStream, want int) [
 		info, err := s.Info(f.ctx)
 		return err == nil && info.State.Msgs >= uint64(want)
 	}, 30*time.Second, 20*time.Millisecond, "stream never reached %d messages", want)
-	c, err := js.OrderedConsumer(f.ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
-	batch, err := c.FetchNoWait(want + 100)
-	require.NoError(t, err)
+	// A cluster that just regained its quorum may refuse a consumer for a moment.
+	var batch jetstream.MessageBatch
+	require.EventuallyWithT(t, func(t *assert.CollectT) {
+		c, err := js.OrderedConsumer(f.ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{})
+		require.NoError(t, err)
+		batch, err = c.FetchNoWait(want + 100)
+		require.NoError(t, err)
+	}, 30*time.Second, 100*time.Millisecond)
 	var msgs []jetstream.Msg
 	for m := range batch.Messages() {
 		msgs = append(msgs, m)
@@ -222,7 +229,7 @@ func TestRelayStopsWithItsContext(t *testing.T) {
 	wg.Wait()
 	require.False(t, r.Leader())
 	// The lease is free again.
-	lease, err := f.db.AcquireLease(f.ctx, 7242002, 10*time.Millisecond)
+	lease, err := f.db.AcquireLease(f.ctx, 7242002, postgres.LeaseConfig{Poll: 10 * time.Millisecond})
 	require.NoError(t, err)
 	lease.Release()
 }
@@ -244,4 +251,65 @@ func TestRelayKeepsStreamLimits(t *testing.T) {
 	require.Equal(t, int64(1<<30), info.Config.MaxBytes)
 	require.Equal(t, time.Hour, info.Config.Duplicates)
 	require.ElementsMatch(t, []string{"other.>", f.cfg.SubjectPrefix + ".>"}, info.Config.Subjects)
+}
+
+// A publish that fails mid-batch stops the batch: the failing user's later events are not
+// sent, so the stream still holds each user's events in sequence order once the failure
+// clears. Here the stream refuses one user's large first event until its limit is raised,
+// while the events after it, that user's and another's, are small.
+func TestFailedPublishKeepsEachUsersOrder(t *testing.T) {
+	f := setup(t, natsURL())
+	small, err := f.db.CreateUser(f.ctx, "small")
+	require.NoError(t, err)
+	large, err := f.db.CreateUser(f.ctx, strings.Repeat("😀", 200))
+	require.NoError(t, err)
+	f.events += 2
+	for range 3 {
+		for _, u := range []int64{large.ID, small.ID} {
+			_, err := f.db.Apply(f.ctx, ledger.Request{UID: uuid.New(), UserID: u, Type: ledger.Deposit, Amount: 100}, httpapi.RenderTransaction)
+			require.NoError(t, err)
+		}
+	}
+	f.events += 2 * 4 // per user: the first deposit applied and funded, two more applied
+	var events []ledger.StoredEvent
+	require.Eventually(t, func() bool { // visible once older transactions on the server end
+		events, err = f.db.Events(f.ctx, ledger.EventCursor{}, 100)
+		return err == nil && len(events) == f.events
+	}, 10*time.Second, 10*time.Millisecond)
+	limit := len(events[1].Body) // the large user's user.created; headers take it over
+	for i, e := range events {
+		if i != 1 {
+			require.Less(t, len(e.Body)+200, limit, "event %d must fit", i)
+		}
+	}
+	_, err = f.js.CreateStream(f.ctx, jetstream.StreamConfig{Name: f.cfg.Stream, Subjects: []string{f.cfg.SubjectPrefix + ".>"},
+		MaxMsgSize: int32(limit), Duplicates: time.Hour})
+	require.NoError(t, err)
+	r, _ := f.start(t, f.nc)
+
+	// The relay retries the refused event; nothing of the large user's gets past it.
+	require.Eventually(t, func() bool { return r.Published.Load() >= 1 }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
+	for _, m := range f.streamEvents(t, f.js, 1) {
+		var ce struct {
+			Data struct {
+				UserID int64 `json:"user_id"`
+			}
+		}
+		require.NoError(t, json.Unmarshal(m.Data(), &ce))
+		require.NotEqual(t, large.ID, ce.Data.UserID, "an event of the large user passed its refused first event")
+	}
+	cursor, err := f.db.RelayCursor(f.ctx, "jetstream")
+	require.NoError(t, err)
+	backlog, _, err := f.db.Backlog(f.ctx, cursor)
+	require.NoError(t, err)
+	require.Equal(t, int64(f.events-1), backlog, "the cursor stops before the refused event")
+
+	s, err := f.js.Stream(f.ctx, f.cfg.Stream)
+	require.NoError(t, err)
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgSize = -1
+	_, err = f.js.UpdateStream(f.ctx, cfg)
+	require.NoError(t, err)
+	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
 }

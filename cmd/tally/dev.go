@@ -11,6 +11,7 @@ import (
 
 	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/postgres"
+	"github.com/tally-ledger/tally/relay"
 )
 
 // dev runs the API with no setup: on DATABASE_URL if set, otherwise on a private PostgreSQL
@@ -61,8 +62,8 @@ func devServe(ctx context.Context, cfg config, log *slog.Logger, stderr io.Write
 			return err
 		}
 		defer ns.Shutdown()
-		cfg.natsURL = ns.ClientURL()
-		where += ", events on " + cfg.natsURL
+		cfg.nats = relay.NATS{URLs: ns.ClientURL()}
+		where += ", events on " + cfg.nats.URLs
 	}
 	cfg.relay = true
 	if !cfg.adminPortSet {

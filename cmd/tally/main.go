@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"slices"
@@ -40,7 +41,8 @@ const usage = `usage: tally <command>
 
 commands:
   serve     run the HTTP API (DATABASE_URL, READ_DATABASE_URL, HOST, PORT); --relay also publishes events (NATS_URL)
-  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_STREAM, NATS_SUBJECT_PREFIX)
+  relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_CREDS or NATS_USER and
+            NATS_PASSWORD, NATS_STREAM, NATS_STREAM_REPLICAS, NATS_SUBJECT_PREFIX; see docs/operations.md)
   migrate   apply database migrations (DATABASE_URL)
   dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
   demo      load the demo data (DATABASE_URL); --sql prints it as SQL instead (sql_data/demo.sql)
@@ -117,14 +119,18 @@ type config struct {
 	shutdownDelay   time.Duration
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
-	devDataDir      string // where dev keeps its private PostgreSQL
-	natsURL         string
-	natsURLSet      bool   // NATS_URL was given; dev starts its own NATS otherwise
-	eventSource     string // empty: derived from the database (postgres.DatabaseEventSource)
+	devDataDir      string     // where dev keeps its private PostgreSQL
+	nats            relay.NATS // NATS_URL (a comma-separated list), NATS_CREDS, NATS_USER, NATS_PASSWORD
+	natsURLSet      bool       // NATS_URL was given; dev starts its own NATS otherwise
+	eventSource     string     // empty: derived from the database (postgres.DatabaseEventSource)
 	natsStream      string
 	subjectPrefix   string
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
+	relayLeaseTTL   time.Duration
+	streamReplicas  int
+	streamMaxAge    time.Duration
+	streamMaxBytes  int64
 	adminPort       string
 	tracing         bool // OTEL_EXPORTER_OTLP_ENDPOINT is set
 	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
@@ -143,13 +149,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 		migrateOnStart:  true,
 		shutdownTimeout: 20 * time.Second,
 		devDataDir:      cmp.Or(getenv("DEV_DATA_DIR"), ".data"),
-		natsURL:         cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
-		natsURLSet:      getenv("NATS_URL") != "",
-		tracing:         tracingOn(getenv),
-		eventSource:     getenv("EVENT_SOURCE"),
-		natsStream:      cmp.Or(getenv("NATS_STREAM"), relay.DefaultStream),
-		subjectPrefix:   cmp.Or(getenv("NATS_SUBJECT_PREFIX"), relay.DefaultSubjectPrefix),
-		relayRetention:  7 * 24 * time.Hour,
+		nats: relay.NATS{URLs: cmp.Or(getenv("NATS_URL"), "nats://127.0.0.1:4222"),
+			CredsFile: getenv("NATS_CREDS"), User: getenv("NATS_USER"), Password: getenv("NATS_PASSWORD")},
+		natsURLSet:     getenv("NATS_URL") != "",
+		tracing:        tracingOn(getenv),
+		eventSource:    getenv("EVENT_SOURCE"),
+		natsStream:     cmp.Or(getenv("NATS_STREAM"), relay.DefaultStream),
+		subjectPrefix:  cmp.Or(getenv("NATS_SUBJECT_PREFIX"), relay.DefaultSubjectPrefix),
+		relayRetention: 7 * 24 * time.Hour,
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -190,7 +197,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 	for _, d := range []struct {
 		name string
 		dest *time.Duration
-	}{{"SHUTDOWN_DELAY", &cfg.shutdownDelay}, {"SHUTDOWN_TIMEOUT", &cfg.shutdownTimeout}, {"RELAY_RETENTION", &cfg.relayRetention}} {
+	}{{"SHUTDOWN_DELAY", &cfg.shutdownDelay}, {"SHUTDOWN_TIMEOUT", &cfg.shutdownTimeout}, {"RELAY_RETENTION", &cfg.relayRetention},
+		{"RELAY_LEASE_TTL", &cfg.relayLeaseTTL}, {"NATS_STREAM_MAX_AGE", &cfg.streamMaxAge}} {
 		if v := getenv(d.name); v != "" {
 			parsed, err := time.ParseDuration(v)
 			if err != nil || parsed < 0 {
@@ -198,6 +206,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 			}
 			*d.dest = parsed
 		}
+	}
+	if err := loadNATSConfig(&cfg, getenv); err != nil {
+		return cfg, err
 	}
 	// NATS would refuse these only at the first publish, after the API is already up.
 	if strings.ContainsAny(cfg.natsStream, " \t\r\n.*>/\\") {
@@ -212,6 +223,37 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// loadNATSConfig checks the NATS URLs and credentials and reads the stream's settings.
+func loadNATSConfig(cfg *config, getenv func(string) string) error {
+	for u := range strings.SplitSeq(cfg.nats.URLs, ",") {
+		parsed, err := url.Parse(strings.TrimSpace(u))
+		if err != nil || parsed.Host == "" {
+			return fmt.Errorf("NATS_URL %q is not a list of URLs such as nats://nats-0:4222,nats://nats-1:4222", relay.RedactURLs(cfg.nats.URLs))
+		}
+	}
+	if cfg.nats.CredsFile != "" && cfg.nats.User != "" {
+		return errors.New("NATS_CREDS and NATS_USER are both set: give one kind of NATS credentials")
+	}
+	if (cfg.nats.User == "") != (cfg.nats.Password == "") {
+		return errors.New("NATS_USER and NATS_PASSWORD go together")
+	}
+	if v := getenv("NATS_STREAM_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 5 {
+			return fmt.Errorf("NATS_STREAM_REPLICAS %q is not a replica count from 1 to 5", v)
+		}
+		cfg.streamReplicas = n
+	}
+	if v := getenv("NATS_STREAM_MAX_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return fmt.Errorf("NATS_STREAM_MAX_BYTES %q is not a positive number of bytes", v)
+		}
+		cfg.streamMaxBytes = n
+	}
+	return nil
 }
 
 // serve runs the API until ctx ends, then drains: readiness fails first, in-flight requests
@@ -360,9 +402,15 @@ func runRelay(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer nc.Close()
 	reg := newRegistry()
 	reg.MustRegister(db.PoolCollector(), r.Collector())
-	// The relay serves no API, so it is ready while it reaches the database.
+	// The relay serves no API, so it is ready while it reaches the database and NATS.
 	_, stopAdmin, err := startAdmin(ctx, cfg.adminPort, log, reg, httpapi.ReadyHandler(&httpapi.Health{}, log, func(ctx context.Context) error {
-		return db.Pool().Ping(ctx)
+		if err := db.Pool().Ping(ctx); err != nil {
+			return err
+		}
+		if err := r.NATSConnected(); err != nil {
+			return &httpapi.NotReady{Status: "NATS not connected", Err: err}
+		}
+		return nil
 	}))
 	if err != nil {
 		return err
@@ -373,15 +421,16 @@ func runRelay(ctx context.Context, cfg config, log *slog.Logger) error {
 
 func newRelay(cfg config, db *postgres.DB, log *slog.Logger) (*relay.Relay, *nats.Conn, error) {
 	log = log.With("component", "relay")
-	nc, err := relay.Connect(cfg.natsURL, log)
+	nc, err := relay.Connect(cfg.nats, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention, Stream: cfg.natsStream, SubjectPrefix: cfg.subjectPrefix})
+	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention, Stream: cfg.natsStream, SubjectPrefix: cfg.subjectPrefix,
+		LeaseTTL: cfg.relayLeaseTTL, Replicas: cfg.streamReplicas, MaxAge: cfg.streamMaxAge, MaxBytes: cfg.streamMaxBytes})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	log.Info("relay started", "nats", cfg.natsURL, "stream", cfg.natsStream, "subjects", cfg.subjectPrefix+".>")
+	log.Info("relay started", "nats", relay.RedactURLs(cfg.nats.URLs), "stream", cfg.natsStream, "subjects", cfg.subjectPrefix+".>")
 	return r, nc, nil
 }

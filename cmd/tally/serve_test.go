@@ -172,6 +172,15 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"MAX_CONNECTIONS": "many"},
 		{"WRITE_BATCH_MAX": "0"},
 		{"WRITE_WORKERS": "-1"},
+		{"NATS_URL": "nats://a:4222,:::"},
+		{"NATS_URL": "nats-0"},
+		{"NATS_CREDS": "/var/run/nats/tally.creds", "NATS_USER": "u", "NATS_PASSWORD": "p"},
+		{"NATS_USER": "u"},
+		{"NATS_STREAM_REPLICAS": "0"},
+		{"NATS_STREAM_REPLICAS": "three"},
+		{"NATS_STREAM_MAX_BYTES": "-1"},
+		{"NATS_STREAM_MAX_AGE": "a week"},
+		{"RELAY_LEASE_TTL": "-1s"},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
