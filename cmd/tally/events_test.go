@@ -27,7 +27,7 @@ func TestDeploymentsShareNATSWithoutMixing(t *testing.T) {
 	natsURL := cmp.Or(os.Getenv("NATS_URL"), nats.DefaultURL)
 	nc, err := nats.Connect(natsURL)
 	require.NoError(t, err, "NATS with JetStream must run at %s", natsURL)
-	defer nc.Close()
+	t.Cleanup(nc.Close) // after the streams' deletion below: cleanups run last first
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

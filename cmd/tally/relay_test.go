@@ -193,7 +193,7 @@ func TestFrozenRelayLeaderIsReplaced(t *testing.T) {
 	url := cmp.Or(os.Getenv("NATS_URL"), nats.DefaultURL)
 	nc, err := nats.Connect(url)
 	require.NoError(t, err, "NATS with JetStream must run at %s", url)
-	defer nc.Close()
+	t.Cleanup(nc.Close) // after the stream's deletion below: cleanups run last first
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	stream := "F" + uuid.NewString()[:8]
