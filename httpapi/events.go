@@ -37,6 +37,8 @@ func handleEvents(store Store, log *slog.Logger, health *Health) http.Handler {
 		after, given, limit, wait, err := parseEventsQuery(r)
 		switch {
 		case err != nil:
+		case given && after == endOfFeed:
+			after, err = store.EventEnd(r.Context())
 		case given:
 			// Also the first cursor: a reader handed it by an empty feed has read nothing since.
 			err = store.CheckEventCursor(r.Context(), after)
@@ -96,7 +98,9 @@ func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, li
 	if c == "" {
 		field = "after"
 	}
-	if c = cmp.Or(c, alias); c != "" {
+	if c = cmp.Or(c, alias); c == "end" {
+		after, given = endOfFeed, true
+	} else if c != "" {
 		if after, err = decodeEventCursor(field, c); err != nil {
 			return after, false, 0, 0, err
 		}
@@ -120,6 +124,10 @@ func parseEventsQuery(r *http.Request) (after ledger.EventCursor, given bool, li
 	return after, given, limit, wait, nil
 }
 
+// endOfFeed stands for cursor=end, the newest event now: a reader that wants only what
+// commits from now on starts there. No cursor the feed hands out is negative.
+var endOfFeed = ledger.EventCursor{TxID: -1, Position: -1}
+
 // plainSeconds is how wait is written: decimal seconds, such as 5 or 0.25.
 var plainSeconds = regexp.MustCompile(`^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$`)
 
@@ -129,7 +137,7 @@ func encodeEventCursor(c ledger.EventCursor) string { return encodePair(c.TxID, 
 func decodeEventCursor(field, s string) (ledger.EventCursor, error) {
 	txid, position, ok := decodePair(s)
 	if !ok || txid < 0 || position < 0 {
-		return ledger.EventCursor{}, ledger.Invalid(field, field+" is not a cursor this service returned; pass next_cursor from the previous page, or nothing to start at the beginning")
+		return ledger.EventCursor{}, ledger.Invalid(field, field+" is not a cursor this service returned; pass next_cursor from the previous page, end to start at the newest event, or nothing to start at the beginning")
 	}
 	return ledger.EventCursor{TxID: txid, Position: position}, nil
 }

@@ -180,3 +180,30 @@ func TestFeedLongPollEndsOnShutdown(t *testing.T) {
 		t.Fatal("the long poll did not end when the server began to shut down")
 	}
 }
+
+// cursor=end starts at the newest visible event: nothing of the history comes back, and an
+// event that commits later does.
+func TestFeedFromTheEnd(t *testing.T) {
+	t.Parallel()
+	db, base, events := feedFixture(t)
+	page := getFeed(t, base, "cursor=end")
+	require.Equal(t, 200, page.status)
+	require.Empty(t, page.events)
+	require.Equal(t, feedCursor(events[2].Cursor), page.nextCursor)
+
+	_, err := db.CreateUser(context.Background(), "petya")
+	require.NoError(t, err)
+	var later feedPage
+	require.Eventually(t, func() bool {
+		later = getFeed(t, base, "cursor="+page.nextCursor)
+		return later.status == 200 && len(later.events) == 1
+	}, 20*time.Second, 20*time.Millisecond)
+	require.Contains(t, string(later.events[0]), `"petya"`)
+	require.Equal(t, 200, getFeed(t, base, "after=end").status, "the old name takes it too")
+
+	// An empty outbox (everything pruned) ends where pruning stopped.
+	empty, _ := pgtest.NewDB(t)
+	srv := httptest.NewServer(httpapi.NewServer(empty, httpapi.NewLogger(io.Discard, 0), &httpapi.Health{}))
+	t.Cleanup(srv.Close)
+	require.Equal(t, feedCursor(ledger.EventCursor{}), getFeed(t, srv.URL, "cursor=end").nextCursor)
+}

@@ -31,6 +31,7 @@ type Store interface {
 	Events(ctx context.Context, after ledger.EventCursor, limit int) ([]ledger.StoredEvent, error)
 	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
 	EventStart(ctx context.Context) (ledger.EventCursor, error)
+	EventEnd(ctx context.Context) (ledger.EventCursor, error)
 	Ready(ctx context.Context) error
 }
 

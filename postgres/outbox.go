@@ -94,6 +94,20 @@ func (db *DB) EventStart(ctx context.Context) (c ledger.EventCursor, err error) 
 	return c, err
 }
 
+// EventEnd is the cursor of the newest event a reader can see now: reading on from it gets
+// only events that commit later. Every transaction older than the snapshot's xmin has ended,
+// so no event can still appear before it. One probe of the outbox's primary key, backwards.
+func (db *DB) EventEnd(ctx context.Context) (c ledger.EventCursor, err error) {
+	defer func() { err = dbErr(err) }()
+	err = db.pool.QueryRow(ctx, `SELECT txid::text::bigint, position FROM outbox
+		WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+		ORDER BY txid DESC, position DESC LIMIT 1`).Scan(&c.TxID, &c.Position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return db.EventStart(ctx)
+	}
+	return c, err
+}
+
 // CheckEventCursor refuses a feed cursor that reading from would silently skip events: one
 // ahead of anything this database has written (a cursor from another database, or from
 // before a restore), and one before events that pruning has deleted.

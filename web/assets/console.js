@@ -364,11 +364,13 @@ function showPost(r, again) {
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 const maxEvents = 100;
 
-// followEvents reads the feed to its end without waiting, keeping the latest events, then
-// long-polls so that new events appear as they commit.
+// followEvents starts at the feed's newest event (cursor=end) and long-polls, so that new
+// events appear as they commit; the history before it stays on the server.
 async function followEvents() {
-  let cursor = null;
-  let caughtUp = false;
+  let cursor = 'end';
+  let caughtUp = true;
+  text($('events-status'), 'Following: new events appear as they commit.');
+  $('events').dataset.following = 'true';
   for (;;) {
     if (!$('events-follow').checked) { await sleep(300); continue; }
     let path = '/v1/events?limit=1000&wait=' + (caughtUp ? '20' : '0');
@@ -377,7 +379,7 @@ async function followEvents() {
     try { r = await api('GET', path); } catch (e) { r = { status: 0, data: null, text: String(e) }; }
     if (r.status !== 200) {
       text($('events-status'), 'The feed answered: ' + words(r) + ' Retrying.');
-      if (r.status === 410 || r.status === 409) cursor = null;
+      if (r.status === 410 || r.status === 409) cursor = 'end';
       await sleep(2000);
       continue;
     }

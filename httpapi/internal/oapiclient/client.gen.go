@@ -712,7 +712,7 @@ type ReadyzParams struct {
 
 // ListEventsParams defines parameters for ListEvents.
 type ListEventsParams struct {
-	// Cursor Opaque: `next_cursor` of the previous page; omit to start at the oldest kept event.
+	// Cursor Opaque: `next_cursor` of the previous page; `end` to start at the newest event now (only what commits later follows); omit to start at the oldest kept event.
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
 
 	// After The feed's first name for `cursor`, accepted in this major version; if both are given they must be equal.
