@@ -19,8 +19,8 @@ import (
 // beside the SQL because a batch is a database transaction: the API hands it requests one by
 // one, as before.
 
-// Defaults of the write batching (WRITE_BATCH_MAX and WRITE_WORKERS); docs/performance.md
-// has the measurements behind them.
+// Defaults of the write batching (WRITE_BATCH_MAX and WRITE_WORKERS). docs/performance.md
+// ("Batch size") found 16, 64 and 256 alike at 256 clients; 64 bounds a batch's statement.
 const (
 	DefaultWriteBatchMax = 64
 	DefaultWriteWorkers  = 4
