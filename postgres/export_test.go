@@ -18,8 +18,9 @@ const UserAtSQL = userAtSQL
 // QueuedWrites counts the transaction requests waiting for a write worker.
 func (db *DB) QueuedWrites() int { return len(db.batcher.queue) }
 
-// UserLockKey is the advisory lock key of a user's writes.
-var UserLockKey = userLockKey
+// UserLockKey is a user's advisory lock key as userLockKeySQL computes it, for tests that hold
+// a user's lock from a connection of their own.
+func UserLockKey(id int64) (int32, int32) { return int32(id >> 32), int32(uint32(id)) }
 
 // ExplainWrite runs the statement that writes a batch, one deposit for each of users, under
 // EXPLAIN ANALYZE in a transaction it rolls back, and returns the plan.

@@ -22,26 +22,31 @@ import (
 // COMMIT (the second round trip). A request alone is a batch of one; batcher.go groups
 // concurrent requests into larger batches.
 
-// A user's writes are serialized by an advisory lock on the user's key (userLockKey, spelled
-// here in SQL), taken before the row lock: taking it gives the transaction no id, the row lock
-// does, so each write to a user gets its transaction id only once the previous one committed,
-// and the outbox's transaction order is each user's sequence order.
+// A user's writes are serialized by an advisory lock on the user's key, taken before the row
+// lock: taking it gives the transaction no id, the row lock does, so each write to a user gets
+// its transaction id only once the previous one committed, and the outbox's transaction order
+// is each user's sequence order.
+
+// userLockKeySQL is the advisory lock key of user id: the id's high and low halves as two
+// int4s. That key space is apart from the one-bigint space of the migration lock and the
+// relay lease, so no user id can ever wait on either.
+const userLockKeySQL = "(id >> 32)::int4, id::bit(32)::int4"
 
 // waitForUsersSQL queues on each user's lock, in the order given (ascending ids). Only a
 // request recorded alone waits, under its own request's context.
-const waitForUsersSQL = `SELECT pg_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4) FROM unnest($1::bigint[]) AS id`
+const waitForUsersSQL = `SELECT pg_advisory_xact_lock(` + userLockKeySQL + `) FROM unnest($1::bigint[]) AS id`
 
 // tryUsersSQL takes each user's lock if it is free and lists the users whose lock is busy. A
 // batch never waits on a user lock: waiting would hold every other member, and the worker,
 // behind one slow user. Members whose user is busy are recorded alone, by their callers.
-const tryUsersSQL = `SELECT id FROM unnest($1::bigint[]) AS id WHERE NOT pg_try_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4)`
+const tryUsersSQL = `SELECT id FROM unnest($1::bigint[]) AS id WHERE NOT pg_try_advisory_xact_lock(` + userLockKeySQL + `)`
 
 // lockUserRowsSQL locks the rows of the users whose lock the transaction holds (taking it
 // again is free; a lock that came free since tryUsersSQL is taken now) in id order and reads
 // what Decide needs. Read committed gives it, and the uid lookup after it, a snapshot taken
 // once the user locks are held, so they see a write or a duplicate uid that committed before.
 const lockUserRowsSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users
-	WHERE id = ANY($1) AND pg_try_advisory_xact_lock((id >> 32)::int4, id::bit(32)::int4)
+	WHERE id = ANY($1) AND pg_try_advisory_xact_lock(` + userLockKeySQL + `)
 	ORDER BY id FOR UPDATE`
 
 const findUIDsSQL = "SELECT " + txColumns + ", response_status, response_body FROM transactions WHERE uid = ANY($1)"
@@ -407,11 +412,6 @@ func permute[T any](xs []T, order []int) []T {
 	}
 	return out
 }
-
-// userLockKey is the advisory lock key of a user's writes. Users take the two-int4 key space
-// (the user id's high and low halves), which PostgreSQL keeps apart from the one-bigint
-// space of the migration lock and the relay lease, so no user id can ever wait on either.
-func userLockKey(id int64) (int32, int32) { return int32(id >> 32), int32(uint32(id)) }
 
 func idempotencyConflict(req ledger.Request, t ledger.Transaction) error {
 	return &ledger.Error{Code: ledger.CodeIdempotencyConflict, Field: "uid",
