@@ -67,6 +67,13 @@ func (db *DB) SaveRelayCursor(ctx context.Context, name string, c ledger.EventCu
 	})
 }
 
+// SetOutboxWakeup says whether writers should notify the relay's channel when events commit
+// (migration 0007). Writing the value it already has changes nothing.
+func (db *DB) SetOutboxWakeup(ctx context.Context, wanted bool) error {
+	_, err := db.pool.Exec(ctx, "UPDATE outbox_wakeup SET wanted = $1 WHERE wanted <> $1", wanted)
+	return err
+}
+
 // PruneEvents deletes events created before olderThan that the relay has published, and
 // records the greatest position it deleted so that the feed can refuse a cursor before it.
 func (db *DB) PruneEvents(ctx context.Context, olderThan time.Time, published ledger.EventCursor) (int64, error) {

@@ -276,24 +276,38 @@ func TestUserWritesNeverWaitOnALease(t *testing.T) {
 	}
 }
 
+// requireSilence fails the test if the lease's channel announces anything within 300 ms.
+func requireSilence(t *testing.T, lease *postgres.Lease, why string) {
+	t.Helper()
+	select {
+	case <-lease.Notifications():
+		t.Fatal(why)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
 // The outbox's trigger wakes a lease holder that listens, once the writing transaction
-// commits, and not for one that rolls back.
+// commits, and not for one that rolls back; only while the wake-up is wanted.
 func TestLeaseDeliversOutboxNotifications(t *testing.T) {
 	f := setup(t)
 	lease, err := f.db.AcquireLease(f.ctx, 98, postgres.LeaseConfig{Listen: "tally_outbox"})
 	require.NoError(t, err)
 	defer lease.Release()
 
+	// Off, as migrated: writers do not notify.
+	quiet, err := f.db.CreateUser(f.ctx, "unannounced")
+	require.NoError(t, err)
+	_, err = f.db.Apply(f.ctx, ledger.Request{UID: uuid.New(), UserID: quiet.ID, Type: ledger.Deposit, Amount: 100}, render)
+	require.NoError(t, err)
+	requireSilence(t, lease, "notified while the wake-up is off")
+	require.NoError(t, f.db.SetOutboxWakeup(f.ctx, true))
+
 	tx, err := f.db.Pool().Begin(f.ctx)
 	require.NoError(t, err)
 	_, err = tx.Exec(f.ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES (gen_random_uuid(), 1, 1, 'x', '{}')`)
 	require.NoError(t, err)
 	require.NoError(t, tx.Rollback(f.ctx))
-	select {
-	case <-lease.Notifications():
-		t.Fatal("notified of a rolled-back write")
-	case <-time.After(200 * time.Millisecond):
-	}
+	requireSilence(t, lease, "notified of a rolled-back write")
 
 	u, err := f.db.CreateUser(f.ctx, "woken")
 	require.NoError(t, err)
@@ -310,4 +324,9 @@ func TestLeaseDeliversOutboxNotifications(t *testing.T) {
 		t.Fatal("no notification for a committed write")
 	}
 	require.True(t, lease.Held())
+
+	require.NoError(t, f.db.SetOutboxWakeup(f.ctx, false))
+	_, err = f.db.Apply(f.ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 100}, render)
+	require.NoError(t, err)
+	requireSilence(t, lease, "notified after the wake-up was turned off")
 }

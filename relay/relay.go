@@ -50,6 +50,12 @@ type Config struct {
 	// PollOnly turns off the wake-up by LISTEN/NOTIFY, leaving the poll alone: the baseline
 	// BenchmarkOutboxLag compares against.
 	PollOnly bool
+	// WakeupBelow is the event rate, per second, under which the active relay asks writers to
+	// notify it when events commit; above twice that rate it stops asking and, finding the
+	// outbox drained, looks again after BusyPoll instead of Poll. Default 250.
+	WakeupBelow float64
+	// BusyPoll is the wait when the outbox is drained while writers do not notify; default 2ms.
+	BusyPoll time.Duration
 	// The stream's replicas and limits when the relay creates it. Defaults: 1 replica, events
 	// kept 7 days, no byte limit (JetStream reserves one up front, so it must fit the server's
 	// storage); a full stream refuses new events, which wait in the outbox.
@@ -70,6 +76,12 @@ func (c *Config) defaults() {
 	}
 	if c.Poll <= 0 {
 		c.Poll = 25 * time.Millisecond
+	}
+	if c.WakeupBelow <= 0 {
+		c.WakeupBelow = 250
+	}
+	if c.BusyPoll <= 0 {
+		c.BusyPoll = 2 * time.Millisecond
 	}
 	if c.Retention <= 0 {
 		c.Retention = 7 * 24 * time.Hour
@@ -187,7 +199,12 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 	if err != nil {
 		return err
 	}
+	wake := wakeup{relay: r}
+	defer wake.stop()
 	for ctx.Err() == nil {
+		if err := wake.adjust(ctx); err != nil {
+			return err
+		}
 		if !streamReady {
 			if err := r.ensureStream(ctx); err != nil {
 				r.log.Warn("create stream", "error", err)
@@ -208,6 +225,9 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 			// Events that were announced but are not visible yet wait for an older write
 			// transaction to end, which may announce nothing: look again soon, not a poll later.
 			wait := r.cfg.Poll
+			if !wake.wanted && !r.cfg.PollOnly {
+				wait = r.cfg.BusyPoll
+			}
 			if recheck > 0 {
 				wait, recheck = recheck, min(recheck*2, r.cfg.Poll)
 			}
@@ -230,6 +250,7 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 				return err
 			}
 			r.Published.Add(int64(acked))
+			wake.events += acked
 		}
 		if err != nil {
 			r.log.Warn("publish to JetStream", "error", err, "events", len(events), "acknowledged", acked)
@@ -239,6 +260,65 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 		backoff = r.cfg.Poll
 	}
 	return ctx.Err()
+}
+
+// wakeup decides, from the event rate the active relay publishes, whether writers notify it
+// when events commit (postgres.DB.SetOutboxWakeup). At low rates the relay waits between
+// events and the notification spares it up to a poll interval of lag; at high rates it reads
+// one batch after another and a drained outbox is soon refilled, so a short poll does as well
+// and the writers' commits stay free of the notification's cost.
+type wakeup struct {
+	relay  *Relay
+	wanted bool      // what the flag was last set to
+	since  time.Time // start of the current measurement window; zero before the first
+	events int       // events published in the window
+}
+
+// wakeupWindow is how often the rate is measured and the flag written again; rewriting it
+// each window puts back a value a stale leader may have overwritten.
+const wakeupWindow = time.Second
+
+func (w *wakeup) adjust(ctx context.Context) error {
+	now := time.Now()
+	if !w.since.IsZero() && now.Sub(w.since) < wakeupWindow {
+		return nil
+	}
+	wanted := true // a relay that just took over assumes a quiet outbox
+	if !w.since.IsZero() {
+		rate := float64(w.events) / now.Sub(w.since).Seconds()
+		switch {
+		case rate < w.relay.cfg.WakeupBelow:
+			wanted = true
+		case rate > 2*w.relay.cfg.WakeupBelow:
+			wanted = false
+		default:
+			wanted = w.wanted
+		}
+	}
+	if w.relay.cfg.PollOnly {
+		wanted = false
+	}
+	if err := w.relay.db.SetOutboxWakeup(ctx, wanted); err != nil {
+		return err
+	}
+	if wanted != w.wanted || w.since.IsZero() {
+		w.relay.log.Debug("outbox wake-up", "wanted", wanted, "events", w.events)
+	}
+	w.wanted, w.since, w.events = wanted, now, 0
+	return nil
+}
+
+// stop turns the notifications off when the relay stops publishing, so writers do not pay
+// for them while no relay listens. The next active relay turns them on again.
+func (w *wakeup) stop() {
+	if !w.wanted {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := w.relay.db.SetOutboxWakeup(ctx, false); err != nil {
+		w.relay.log.Warn("turn the outbox wake-up off", "error", err)
+	}
 }
 
 func (r *Relay) wait(ctx context.Context, backoff time.Duration) time.Duration {

@@ -313,3 +313,54 @@ func TestFailedPublishKeepsEachUsersOrder(t *testing.T) {
 	require.NoError(t, err)
 	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
 }
+
+// The active relay asks writers for the wake-up while events are sparse, stops asking while
+// they arrive faster than it needs one, asks again when they thin out, and turns it off when
+// it stops; every event is published once in order throughout.
+func TestRelayAsksForTheWakeUpOnlyWhileEventsAreSparse(t *testing.T) {
+	f := setup(t, natsURL())
+	f.cfg.WakeupBelow = 20 // off above 40 events per second
+	wanted := func() bool {
+		var w bool
+		require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT wanted FROM outbox_wakeup").Scan(&w))
+		return w
+	}
+	require.False(t, wanted(), "off until a relay asks")
+	_, stop := f.start(t, f.nc)
+	require.Eventually(t, wanted, 5*time.Second, 10*time.Millisecond, "a quiet relay asks for the wake-up")
+
+	// Far more than 40 events per second for a few seconds, from several writers.
+	busy, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				u, err := f.db.CreateUser(f.ctx, "busy")
+				if !assert.NoError(t, err) {
+					return
+				}
+				for {
+					select {
+					case <-busy:
+						return
+					default:
+					}
+					_, err := f.db.Apply(f.ctx, ledger.Request{UID: uuid.New(), UserID: u.ID, Type: ledger.Deposit, Amount: 100}, httpapi.RenderTransaction)
+					if !assert.NoError(t, err) {
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	require.Eventually(t, func() bool { return !wanted() }, 15*time.Second, 20*time.Millisecond, "a busy relay stops asking")
+	close(busy)
+	<-done
+	require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT count(*) FROM outbox").Scan(&f.events))
+	require.Eventually(t, wanted, 10*time.Second, 20*time.Millisecond, "asks again once events thin out")
+	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
+	stop()
+	require.False(t, wanted(), "a stopped relay turns the wake-up off")
+}
