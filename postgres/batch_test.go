@@ -517,3 +517,72 @@ func TestBatchesSharingUIDsNeverDeadlock(t *testing.T) {
 	require.Equal(t, 2, conflicts)
 	require.Equal(t, before, deadlocks(), "no deadlock was detected")
 }
+
+// A batch whose connection is lost while it runs is recorded again on another connection:
+// every member gets its answer, not a 503, and is applied once.
+func TestBatchOutlivesALostConnection(t *testing.T) {
+	f := setupBatch(t)
+	user := f.user(t)
+	reqs := []ledger.Request{deposit(user, 100), deposit(user, 200), withdraw(user, 50)}
+	releaseMember := f.holdUID(t, reqs[1].UID)
+	release, blocked := f.stall(t)
+	pending := make([]<-chan result, len(reqs))
+	for i, req := range reqs {
+		pending[i] = f.submit(t, f.ctx, req, i+1)
+	}
+	release()
+	require.NoError(t, (<-blocked).err)
+	// The worker now runs the three as one batch and waits on the held uid: cut its connection.
+	f.waitForLockWaiters(t, 1)
+	var killed bool
+	require.NoError(t, f.db.Pool().QueryRow(f.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&killed))
+	require.True(t, killed)
+	f.waitForLockWaiters(t, 1) // the batch again, on a new connection
+	releaseMember()
+	for i, p := range pending {
+		r := <-p
+		require.NoError(t, r.err, "member %d", i)
+		require.False(t, r.out.Replayed, "member %d", i)
+	}
+	require.Equal(t, ledger.Amount(100+200-50), f.balance(t, user))
+	var rows int
+	require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT count(*) FROM transactions WHERE user_id = $1", user).Scan(&rows))
+	require.Equal(t, 3, rows)
+}
+
+// A panic while a batch is decided (a bug: here in rendering one member's answer) fails that
+// batch's members with an error and commits none of them; the worker lives on, and the same
+// requests sent again are applied once.
+func TestPanicFailsOnlyItsBatch(t *testing.T) {
+	f := setupBatch(t)
+	user := f.user(t)
+	release, blocked := f.stall(t)
+	reqs := []ledger.Request{deposit(user, 100), deposit(user, 200)}
+	pending := make([]<-chan result, len(reqs))
+	for i, req := range reqs {
+		renderer := render
+		if i == 1 {
+			renderer = func(ledger.Transaction) ledger.Reply { panic("render failed") }
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, err := f.db.Apply(f.ctx, req, renderer)
+			done <- result{out, err}
+		}()
+		require.Eventually(t, func() bool { return f.db.QueuedWrites() == i+1 }, 10*time.Second, time.Millisecond)
+		pending[i] = done
+	}
+	release()
+	require.NoError(t, (<-blocked).err)
+	for i, p := range pending {
+		require.ErrorContains(t, (<-p).err, "panic", "member %d", i)
+	}
+	require.Zero(t, f.balance(t, user), "nothing of the failed batch committed")
+	for _, req := range reqs {
+		out, err := f.db.Apply(f.ctx, req, render)
+		require.NoError(t, err)
+		require.False(t, out.Replayed)
+	}
+	require.Equal(t, ledger.Amount(300), f.balance(t, user))
+}

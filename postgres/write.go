@@ -126,16 +126,26 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 // back-date. An attempt that fails on a serialization failure or a deadlock is retried whole
 // (retry). A unique violation means another transaction committed one of the uids first; the
 // retry reads it and answers that member as a replay or a conflict, so its neighbours go on.
-// A lost connection fails every member with 503: a retry of a uid finds out whether the batch
-// committed. Any other failure could be one member's doing: the members are then recorded one
-// by one, in arrival order, so that only the culprit fails.
+// A lost connection (or a server that refuses writes) is tried again on another connection,
+// up to lostConnectionAttempts times: the new attempt reads the uids again under the users'
+// locks, so if the lost attempt committed after all, every member gets its stored answer as a
+// replay. When the database stays away, every member fails with 503. Any other failure could
+// be one member's doing: the members are then recorded one by one, in arrival order, so that
+// only the culprit fails.
 func (db *DB) record(ctx context.Context, batch []*writeRequest, alone bool) {
-	_, err := retry(ctx, true, func() (struct{}, error) {
-		for _, w := range batch {
-			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
+	var err error
+	for lost := 1; ; lost++ {
+		_, err = retry(ctx, true, func() (struct{}, error) {
+			for _, w := range batch {
+				w.out, w.err, w.alone = ledger.Outcome{}, nil, false
+			}
+			return struct{}{}, db.recordOnce(ctx, batch, alone)
+		})
+		if err == nil || lost == lostConnectionAttempts || ledger.ErrorCode(dbErr(err)) != ledger.CodeUnavailable ||
+			!sleep(ctx, time.Duration(lost)*20*time.Millisecond) {
+			break
 		}
-		return struct{}{}, db.recordOnce(ctx, batch, alone)
-	})
+	}
 	if err == nil {
 		return
 	}
@@ -149,6 +159,11 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone bool) {
 		db.record(ctx, []*writeRequest{w}, false)
 	}
 }
+
+// lostConnectionAttempts bounds the attempts at a batch that loses its connection: enough to
+// ride over one broken pooled connection, few enough that a database that is down is answered
+// 503 within a tenth of a second.
+const lostConnectionAttempts = 3
 
 // userState is a user's locked state, carried forward in memory through a batch.
 type userState struct {
