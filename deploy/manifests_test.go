@@ -413,6 +413,10 @@ func checkAPI(t *testing.T, m manifests, hpaMin, hpaMax int32, tokensRequired bo
 	require.NotNil(t, tokens.ValueFrom, "TALLY_TOKENS from the Secret")
 	require.NotNil(t, tokens.ValueFrom.SecretKeyRef, "TALLY_TOKENS from the Secret")
 	require.Equal(t, !tokensRequired, isTrue(tokens.ValueFrom.SecretKeyRef.Optional), "TALLY_TOKENS optional")
+	if tokensRequired {
+		require.NotNil(t, envVar(c, "TALLY_REQUIRE_TOKENS"), "an empty TALLY_TOKENS refused")
+		require.Equal(t, "true", envVar(c, "TALLY_REQUIRE_TOKENS").Value)
+	}
 
 	require.Equal(t, appsv1.RollingUpdateDeploymentStrategyType, api.Spec.Strategy.Type)
 	ru := api.Spec.Strategy.RollingUpdate

@@ -187,6 +187,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		cfg.tokens = tokens
 	}
+	// A Secret whose TALLY_TOKENS key holds an empty value would otherwise serve /v1 to
+	// anyone; a deployment that means to require tokens says so.
+	if v := getenv("TALLY_REQUIRE_TOKENS"); v != "" {
+		required, err := strconv.ParseBool(v)
+		if err != nil {
+			return cfg, fmt.Errorf("TALLY_REQUIRE_TOKENS %q is not true or false", v)
+		}
+		if required && len(cfg.tokens) == 0 {
+			return cfg, errors.New("TALLY_REQUIRE_TOKENS is set and TALLY_TOKENS holds no token: refusing to serve /v1 without access control")
+		}
+	}
 	if v := getenv("MIGRATE_ON_START"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

@@ -181,11 +181,19 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"NATS_STREAM_MAX_BYTES": "-1"},
 		{"NATS_STREAM_MAX_AGE": "a week"},
 		{"RELAY_LEASE_TTL": "-1s"},
+		{"TALLY_REQUIRE_TOKENS": "true"},
+		{"TALLY_REQUIRE_TOKENS": "true", "TALLY_TOKENS": " , "},
+		{"TALLY_REQUIRE_TOKENS": "yes please", "TALLY_TOKENS": "s3cret-token-value:read"},
 	} {
 		_, err := loadConfig(func(k string) string { return env[k] })
 		require.Error(t, err, "%v", env)
 	}
-	cfg, err := loadConfig(func(string) string { return "" })
+	cfg, err := loadConfig(func(k string) string {
+		return map[string]string{"TALLY_REQUIRE_TOKENS": "true", "TALLY_TOKENS": "0123456789abcdef:write"}[k]
+	})
+	require.NoError(t, err)
+	require.Len(t, cfg.tokens, 1)
+	cfg, err = loadConfig(func(string) string { return "" })
 	require.NoError(t, err)
 	require.Equal(t, "8000", cfg.port)
 	require.True(t, cfg.migrateOnStart)
