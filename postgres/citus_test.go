@@ -85,3 +85,65 @@ func TestUIDRaceAcrossUsers(t *testing.T) {
 	}
 	require.Equal(t, ledger.Amount(20), f.balance(t, a)+f.balance(t, b))
 }
+
+// A database migrated on plain PostgreSQL is distributed by the first migrate after Citus is
+// installed in it, with its rows: balances, history, stored answers and uids keep working, and
+// a uid used before is still refused for another user.
+func TestMigrateDistributesWhenCitusArrives(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, addCitus := pgtest.NewDatabaseBeforeCitus(t)
+	_, err := postgres.Migrate(ctx, url)
+	require.NoError(t, err)
+	db, err := postgres.Open(ctx, url)
+	require.NoError(t, err)
+	u, err := db.CreateUser(ctx, "petya")
+	require.NoError(t, err)
+	uid := uuid.New()
+	req := ledger.Request{UID: uid, UserID: u.ID, Type: ledger.Deposit, Amount: 500, Timestamp: at("2023-01-04")}
+	first, err := db.Apply(ctx, req, render)
+	require.NoError(t, err)
+	db.Close()
+
+	require.NoError(t, addCitus(ctx))
+	applied, err := postgres.Migrate(ctx, url)
+	require.NoError(t, err)
+	require.Empty(t, applied, "no migration was left; the tables are distributed all the same")
+
+	db, err = postgres.Open(ctx, url)
+	require.NoError(t, err)
+	defer db.Close()
+	distributed, err := db.Distributed(ctx)
+	require.NoError(t, err)
+	require.True(t, distributed)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var tables []string
+	rows, err := conn.Query(ctx, "SELECT logicalrelid::text FROM pg_dist_partition ORDER BY 1")
+	require.NoError(t, err)
+	tables, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"outbox", "transaction_uids", "transactions", "user_requests", "users"}, tables)
+	var localBytes int64
+	require.NoError(t, conn.QueryRow(ctx, "SELECT sum(pg_relation_size(logicalrelid)) FROM pg_dist_partition").Scan(&localBytes))
+	require.Zero(t, localBytes, "the coordinator's copies of the rows were emptied once they were on the shards")
+
+	again, err := db.Apply(ctx, req, render)
+	require.NoError(t, err)
+	require.True(t, again.Replayed)
+	require.Equal(t, first.Reply, again.Reply)
+	other, err := db.CreateUser(ctx, "olga")
+	require.NoError(t, err)
+	require.Greater(t, other.ID, u.ID, "ids go on from the coordinator's sequence")
+	stolen := req
+	stolen.UserID = other.ID
+	_, err = db.Apply(ctx, stolen, render)
+	require.Equal(t, ledger.CodeIdempotencyConflict, ledger.ErrorCode(err))
+	stored, err := db.Transaction(ctx, uid)
+	require.NoError(t, err)
+	require.Equal(t, u.ID, stored.UserID)
+	user, err := db.User(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, ledger.Amount(500), user.Balance)
+}
