@@ -35,17 +35,25 @@ func CitusWorkers() []string {
 // them.
 func RequireCitus(t testing.TB) {
 	t.Helper()
-	if err := devenv.CitusInstalled(context.Background()); err != nil {
-		if devenv.CitusRequired(os.Getenv) {
-			t.Fatalf("the Citus tests are required here: %v", err)
-		}
-		t.Skip(err)
-	}
+	RequireCitusInstalled(t)
 	if CitusWorkers() == nil {
 		if os.Getenv("TALLY_REQUIRE_CITUS") == "1" {
 			t.Fatal("TALLY_REQUIRE_CITUS=1 but TEST_CITUS_WORKER_URLS names no Citus workers: run make test-citus")
 		}
 		t.Skip("no Citus cluster: TEST_CITUS_WORKER_URLS is unset (make test-citus runs these tests)")
+	}
+}
+
+// RequireCitusInstalled skips the test when Citus is not installed, or fails it when the
+// environment asks for the Citus tests (CI=1 or TALLY_REQUIRE_CITUS=1), for a test that starts
+// a Citus cluster of its own.
+func RequireCitusInstalled(t testing.TB) {
+	t.Helper()
+	if err := devenv.CitusInstalled(context.Background()); err != nil {
+		if devenv.CitusRequired(os.Getenv) {
+			t.Fatalf("the Citus tests are required here: %v", err)
+		}
+		t.Skip(err)
 	}
 }
 
