@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,7 @@ type DB struct {
 	eventSource string
 	batcher     *batcher // nil when write batching is off
 	metrics     batchMetrics
+	citus       atomic.Int32 // whether Distributed found Citus: 0 (not asked), citusNo, citusYes
 }
 
 // DefaultEventSource is the source of events until SetEventSource changes it; tally serve
