@@ -17,33 +17,6 @@ import (
 // shard, and event N+1 commits only after N did (the user's lock), so whoever reads the user's
 // unpublished events in user_seq order never sees N+1 without N, unless N is published.
 
-// Distributed reports whether the database is a Citus coordinator (the citus extension is
-// installed), where the relay publishes by slice and the feed is per user. Asked once.
-func (db *DB) Distributed(ctx context.Context) (bool, error) {
-	switch db.citus.Load() {
-	case citusNo:
-		return false, nil
-	case citusYes:
-		return true, nil
-	}
-	var on bool
-	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')").Scan(&on); err != nil {
-		return false, dbErr(err)
-	}
-	if on {
-		db.citus.Store(citusYes)
-	} else {
-		db.citus.Store(citusNo)
-	}
-	return on, nil
-}
-
-// Values of DB.citus: whether Distributed found Citus.
-const (
-	citusNo int32 = iota + 1 // zero: not asked yet
-	citusYes
-)
-
 // pendingEventsSQL reads unpublished events of some slices of the users (user id modulo $1
 // in $2) from the partial index, each user's in sequence order, from user $3 on, so that
 // successive batches go round the users instead of serving the lowest ids first. Each shard

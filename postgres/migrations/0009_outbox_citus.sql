@@ -2,18 +2,32 @@
 -- ids, and a shard move copies rows with theirs), so the relay cannot keep one cursor there.
 -- Each event carries published_at instead, NULL until JetStream acknowledged it, and a partial
 -- index holds only the unpublished events: the relay reads the events it has to publish, not
--- the history. On plain PostgreSQL this migration does nothing: the relay keeps its cursor and
--- the writes pay for no extra index.
-DO $$
+-- the history. On plain PostgreSQL this migration only creates the function: the relay keeps
+-- its cursor and writes pay for no extra index.
+--
+-- tally_distribute_outbox() is repeatable, and tally migrate calls it after tally_distribute()
+-- (0008), so a database distributed after this migration ran gets the column then.
+CREATE FUNCTION tally_distribute_outbox() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    published_txid xid8;
+    published_position bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'outbox'::regclass)
+       OR EXISTS (SELECT 1 FROM pg_attribute
+                  WHERE attrelid = 'outbox'::regclass AND attname = 'published_at' AND NOT attisdropped) THEN
         RETURN;
     END IF;
     ALTER TABLE outbox ADD COLUMN published_at timestamptz;
-    -- Events the relay published before this migration (up to its cursor) stay published.
-    UPDATE outbox SET published_at = c.published_at
-    FROM relay_cursor c
-    WHERE c.name = 'jetstream' AND (outbox.txid, outbox.position) <= (c.txid, c.position);
+    -- What the relay published before, up to its cursor, stays published. The cursor goes in
+    -- as values: Citus sends them to every shard.
+    SELECT txid, position INTO published_txid, published_position FROM relay_cursor WHERE name = 'jetstream';
+    IF FOUND THEN
+        UPDATE outbox SET published_at = now()
+        WHERE (txid, position) <= (published_txid, published_position);
+    END IF;
     CREATE INDEX outbox_unpublished ON outbox (user_id, user_seq) WHERE published_at IS NULL;
 END
 $$;
+
+SELECT tally_distribute_outbox();
