@@ -183,6 +183,6 @@ func (db *DB) LockHolders(ctx context.Context, key int64) (n int, err error) {
 	err = db.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks
 		WHERE locktype = 'advisory' AND granted AND objsubid = 1
 		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		  AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid`, key).Scan(&n)
+		  AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid`, key).Scan(&n)
 	return n, err
 }

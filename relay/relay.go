@@ -114,6 +114,8 @@ type Relay struct {
 	log    *slog.Logger
 	cfg    Config
 	leader atomic.Bool
+	// slicesHeld counts the slices this relay publishes on Citus.
+	slicesHeld atomic.Int32
 	// Published counts events acknowledged by JetStream, for metrics and tests.
 	Published atomic.Int64
 }

@@ -123,6 +123,7 @@ func (r *Relay) runSlices(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	r.leader.Store(false)
+	r.slicesHeld.Store(0)
 	return err
 }
 
@@ -131,7 +132,10 @@ func (r *Relay) runSlices(ctx context.Context) error {
 func (r *Relay) countRelays(ctx context.Context, set *sliceSet) {
 	for {
 		n, err := r.db.LockHolders(ctx, memberKey(r.cfg.Slices))
-		if err == nil && n > 0 {
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.Warn("relay: count the relays", "error", err)
+		case n > 0:
 			set.share.Store(int64((r.cfg.Slices + n - 1) / n))
 		}
 		if !sleep(ctx, r.cfg.Poll*10) {
@@ -201,6 +205,7 @@ func (r *Relay) publishSlices(ctx context.Context, set *sliceSet) error {
 	for ctx.Err() == nil {
 		held := set.held()
 		r.leader.Store(len(held) > 0)
+		r.slicesHeld.Store(int32(len(held)))
 		if len(held) == 0 {
 			sleep(ctx, r.cfg.Poll)
 			continue
@@ -263,6 +268,9 @@ func (r *Relay) prunePublished(ctx context.Context) {
 }
 
 var errTooManySlices = fmt.Errorf("relay: at most %d slices", maxSlices)
+
+// SlicesHeld is how many of the outbox's slices this relay publishes, on Citus.
+func (r *Relay) SlicesHeld() int { return int(r.slicesHeld.Load()) }
 
 // runDistributed runs runSlices again whenever it stops, until ctx ends.
 func (r *Relay) runDistributed(ctx context.Context) error {
