@@ -2,11 +2,13 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -52,40 +54,68 @@ func RequireCitus(t testing.TB) {
 // Citus database cannot be cloned from a template: the copies would share shard metadata
 // that names another database's shards.
 func newCitusDatabase(ctx context.Context, name string, workers []string) error {
-	for _, w := range workers {
-		if err := createCitusDatabase(ctx, w, name, nil); err != nil {
-			return fmt.Errorf("worker %s: %w", w, err)
-		}
+	// The nodes are set up side by side: creating the extension takes most of a second.
+	nodes := append([]string{AdminURL()}, workers...)
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, node := range nodes {
+		wg.Go(func() {
+			if err := createCitusDatabase(ctx, node, name); err != nil {
+				errs[i] = fmt.Errorf("node %s: %w", node, err)
+			}
+		})
 	}
-	err := createCitusDatabase(ctx, AdminURL(), name, func(conn *pgx.Conn) error {
-		host, port, err := hostPort(AdminURL())
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// Adding nodes propagates roles to the workers, shared catalog rows that two databases'
+	// additions at once would update together ("tuple concurrently updated"): one database
+	// at a time, across test processes too, under a lock in the admin database.
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		return err
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "SELECT pg_advisory_lock($1)", addNodesLockKey); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, withDatabase(name))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	// Each test makes its own database: 4 shards a table instead of 32 make its migration
+	// faster, and still spread every table over the workers.
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+name+" SET citus.shard_count = 4"); err != nil {
+		return err
+	}
+	for i, node := range nodes {
+		host, port, err := hostPort(node)
 		if err != nil {
 			return err
 		}
-		if _, err := conn.Exec(ctx, "SELECT citus_set_coordinator_host($1, $2)", host, port); err != nil {
-			return err
+		add := "SELECT citus_add_node($1, $2)"
+		if i == 0 {
+			add = "SELECT citus_set_coordinator_host($1, $2)"
 		}
-		for _, w := range workers {
-			host, port, err := hostPort(w)
-			if err != nil {
-				return err
-			}
-			if _, err := conn.Exec(ctx, "SELECT citus_add_node($1, $2)", host, port); err != nil {
-				return err
-			}
+		if _, err := conn.Exec(ctx, add, host, port); err != nil {
+			return fmt.Errorf("add node %s:%d: %w", host, port, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("coordinator: %w", err)
+	}
+	if _, err := admin.Exec(ctx, "SELECT pg_advisory_unlock($1)", addNodesLockKey); err != nil {
+		return err
 	}
 	_, err = postgres.Migrate(ctx, withDatabase(name))
 	return err
 }
 
+// addNodesLockKey is the advisory lock newCitusDatabase holds while it adds nodes.
+const addNodesLockKey = 7_242_011
+
 // createCitusDatabase creates database name on the server at adminURL with the citus
-// extension in it, then runs then on it.
-func createCitusDatabase(ctx context.Context, adminURL, name string, then func(*pgx.Conn) error) error {
+// extension in it.
+func createCitusDatabase(ctx context.Context, adminURL, name string) error {
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
 		return err
@@ -99,13 +129,8 @@ func createCitusDatabase(ctx context.Context, adminURL, name string, then func(*
 		return err
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE EXTENSION citus"); err != nil {
-		return err
-	}
-	if then == nil {
-		return nil
-	}
-	return then(conn)
+	_, err = conn.Exec(ctx, "CREATE EXTENSION citus")
+	return err
 }
 
 // dropCitusDatabase drops database name on the coordinator and on every worker.
