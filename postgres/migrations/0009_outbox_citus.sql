@@ -12,8 +12,11 @@ DECLARE
     published_txid xid8;
     published_position bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-       OR NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'outbox'::regclass)
+    -- Separate statements: pg_dist_partition exists only where Citus is.
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'outbox'::regclass)
        OR EXISTS (SELECT 1 FROM pg_attribute
                   WHERE attrelid = 'outbox'::regclass AND attname = 'published_at' AND NOT attisdropped) THEN
         RETURN;
