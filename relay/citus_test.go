@@ -104,7 +104,7 @@ func pause(d time.Duration) func() { return func() { time.Sleep(d) } }
 
 // backlog writes events straight into the outbox, perUser for each of users users from id
 // 1e9 on (ids no writer reaches), as a backlog for the relay to work through.
-func (f *fixture) backlog(t *testing.T, users, perUser int) {
+func (f *fixture) backlog(t testing.TB, users, perUser int) {
 	t.Helper()
 	_, err := f.db.Pool().Exec(f.ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event)
 		SELECT id, u, s, 'transaction.applied',
