@@ -123,7 +123,7 @@ type Relay struct {
 // New returns a relay publishing through nc.
 func New(db *postgres.DB, nc *nats.Conn, log *slog.Logger, cfg Config) (*Relay, error) {
 	cfg.defaults()
-	if cfg.Slices > maxSlices {
+	if cfg.Slices > MaxSlices {
 		return nil, errTooManySlices
 	}
 	js, err := jetstream.New(nc)

@@ -29,8 +29,8 @@ import (
 // otherwise: enough for four relays to share the work.
 const DefaultSlices = 4
 
-// maxSlices bounds Config.Slices, so that every slice's lease key stays apart.
-const maxSlices = 256
+// MaxSlices bounds Config.Slices, so that every slice's lease key stays apart.
+const MaxSlices = 256
 
 // sliceLeaseBase starts the lease keys on Citus. Each count of slices has keys of its own, so
 // relays configured differently do not share leases: each group covers every user, and the
@@ -267,7 +267,7 @@ func (r *Relay) prunePublished(ctx context.Context) {
 	}
 }
 
-var errTooManySlices = fmt.Errorf("relay: at most %d slices", maxSlices)
+var errTooManySlices = fmt.Errorf("relay: at most %d slices", MaxSlices)
 
 // SlicesHeld is how many of the outbox's slices this relay publishes, on Citus.
 func (r *Relay) SlicesHeld() int { return int(r.slicesHeld.Load()) }
