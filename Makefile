@@ -38,7 +38,7 @@ test-citus: build
 # so the batcher's own tests (batch_test.go) are not among them.
 CITUS_POSTGRES_TESTS := $(shell grep -ho '^func Test[A-Za-z0-9_]*' postgres/store_test.go postgres/users_test.go postgres/citus_test.go postgres/dberr_test.go | sed 's/func //' | paste -sd'|')
 citus-tests:
-	$(GO) test -race -count=1 -timeout 15m -run '^($(CITUS_POSTGRES_TESTS))$$' ./postgres
+	$(GO) test -race -count=1 -timeout 15m -parallel 4 -run '^($(CITUS_POSTGRES_TESTS))$$' ./postgres
 	$(GO) test -race -count=1 -timeout 10m -run 'Citus' ./internal/devenv
 	$(GO) test -race -count=1 -timeout 10m -run '^(TestCreateUserRaceAcrossReplicas|TestCitus.*)$$' ./httpapi
 	$(GO) test -race -count=1 -timeout 15m -run '^TestCitus' ./relay
