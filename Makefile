@@ -36,7 +36,7 @@ test-citus: build
 # the acceptance suite against two instances of bin/tally on the coordinator, followed by a
 # load on both instances that tally bench --verify audits. Write batching is off on Citus,
 # so the batcher's own tests (batch_test.go) are not among them.
-CITUS_POSTGRES_TESTS := $(shell grep -ho '^func Test[A-Za-z0-9_]*' postgres/store_test.go postgres/users_test.go postgres/citus_test.go postgres/dberr_test.go | sed 's/func //' | paste -sd'|')
+CITUS_POSTGRES_TESTS := $(shell grep -ho '^func Test[A-Za-z0-9_]*' postgres/store_test.go postgres/users_test.go postgres/citus_test.go postgres/outbox_citus_test.go postgres/dberr_test.go | sed 's/func //' | paste -sd'|')
 citus-tests:
 	$(GO) test -race -count=1 -timeout 15m -parallel 4 -run '^($(CITUS_POSTGRES_TESTS))$$' ./postgres
 	$(GO) test -race -count=1 -timeout 10m -run 'Citus' ./internal/devenv
