@@ -91,6 +91,7 @@ func TestFeedCursor(t *testing.T) {
 			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "cursor"},
 		{name: "ahead, under the old parameter name", query: "after=" + feedCursor(ledger.EventCursor{TxID: 1 << 40, Position: 1}),
 			wantStatus: 409, wantType: "urn:tally:problem:cursor-ahead", wantField: "after"},
+		{name: "the per-user feed is Citus's", query: "user_id=1", wantStatus: 422, wantType: "urn:tally:problem:invalid-request", wantField: "user_id"},
 	})
 }
 

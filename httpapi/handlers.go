@@ -32,6 +32,9 @@ type Store interface {
 	CheckEventCursor(ctx context.Context, c ledger.EventCursor) error
 	EventStart(ctx context.Context) (ledger.EventCursor, error)
 	EventEnd(ctx context.Context) (ledger.EventCursor, error)
+	// Distributed reports a Citus database, where the feed is per user (UserEvents).
+	Distributed(ctx context.Context) (bool, error)
+	UserEvents(ctx context.Context, userID, after int64, limit int) ([]ledger.StoredEvent, int64, error)
 	Ready(ctx context.Context) error
 }
 

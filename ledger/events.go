@@ -124,3 +124,10 @@ type StoredEvent struct {
 	Body      []byte // the CloudEvents JSON, as written with the change
 	CreatedAt time.Time
 }
+
+// Cursors of a user's event feed that are not a sequence number: on Citus the feed is per
+// user and its cursor is the user's last sequence read.
+const (
+	UserFeedStart int64 = -1 // before the oldest of the user's events still kept
+	UserFeedEnd   int64 = -2 // after the user's newest event: only later events follow
+)

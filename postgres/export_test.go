@@ -105,6 +105,7 @@ func RoutedStatements(userID int64, uid uuid.UUID, key string, at time.Time) []S
 		{"history: user exists", userExistsSQL, []any{userID}},
 		{"transaction: uid's owner", findUIDOwnerSQL, []any{uid}},
 		{"transaction: read", userTransactionSQL, []any{userID, uid}},
+		{"events of a user", userEventsSQL, []any{userID, 0, 100}},
 	}, history...)
 }
 

@@ -20,6 +20,14 @@ type LeaseConfig struct {
 	// Listen, if set, is a channel the lease's connection LISTENs on once the lease is held;
 	// Notifications delivers its notifications.
 	Listen string
+	// Shared takes the lock in share mode: any number of holders at once, each counted by
+	// LockHolders. Relays announce themselves this way, so that each knows how many share
+	// the outbox's slices.
+	Shared bool
+	// Eligible, if set, is asked before every try: the caller tries for the lock only while it
+	// answers true. A relay at its share of slices stops reaching for more this way, without
+	// giving up its connection.
+	Eligible func() bool
 }
 
 func (c *LeaseConfig) defaults() {
@@ -74,10 +82,18 @@ func (db *DB) AcquireLease(ctx context.Context, key int64, cfg LeaseConfig) (*Le
 		ms, max(1, ms/2000), ms)); err != nil {
 		return fail(fmt.Errorf("lease session settings (PostgreSQL 14 or later): %w", err))
 	}
+	try := "SELECT pg_try_advisory_lock($1)"
+	if cfg.Shared {
+		try = "SELECT pg_try_advisory_lock_shared($1)"
+	}
 	for {
 		var got bool
-		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil {
-			return fail(fmt.Errorf("try lease: %w", err))
+		if cfg.Eligible == nil || cfg.Eligible() {
+			if err := conn.QueryRow(ctx, try, key).Scan(&got); err != nil {
+				return fail(fmt.Errorf("try lease: %w", err))
+			}
+		} else if err := conn.Ping(ctx); err != nil { // the waiting session is idle too
+			return fail(fmt.Errorf("lease connection: %w", err))
 		}
 		if got {
 			break
@@ -156,4 +172,17 @@ func (l *Lease) Release() {
 	l.cancel()
 	<-l.lost
 	l.conn.Close(context.Background())
+}
+
+// LockHolders counts the sessions of this database that hold the advisory lock key, in either
+// mode: how many relays run, when each holds the key shared.
+func (db *DB) LockHolders(ctx context.Context, key int64) (n int, err error) {
+	defer func() { err = dbErr(err) }()
+	// A bigint advisory key shows in pg_locks as its high half in classid, its low half in
+	// objid and objsubid 1.
+	err = db.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND objsubid = 1
+		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid`, key).Scan(&n)
+	return n, err
 }

@@ -150,9 +150,11 @@ func migrate(ctx context.Context, databaseURL string, ms []migration, lockTimeou
 	return applied, nil
 }
 
-// distributeSQL calls tally_distribute where a migration created it.
+// distributeSQL calls tally_distribute, and then tally_distribute_outbox (0009_outbox_citus.sql),
+// where migrations created them.
 const distributeSQL = `DO $$ BEGIN
 	IF to_regproc('tally_distribute') IS NOT NULL THEN PERFORM tally_distribute(); END IF;
+	IF to_regproc('tally_distribute_outbox') IS NOT NULL THEN PERFORM tally_distribute_outbox(); END IF;
 END $$`
 
 // applyAlone runs a no-transaction migration: its one statement, then its record. The extended

@@ -41,14 +41,27 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.published, prometheus.CounterValue, float64(c.r.Published.Load()))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cursor, err := c.r.db.RelayCursor(ctx, cursorName)
-	if err != nil {
-		return
-	}
-	n, age, err := c.r.db.Backlog(ctx, cursor)
+	n, age, err := c.r.backlog(ctx)
 	if err != nil {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age.Seconds())
+}
+
+// backlog counts the events not yet acknowledged by JetStream and the age of the oldest: past
+// the relay's cursor, or on Citus those not marked published.
+func (r *Relay) backlog(ctx context.Context) (int64, time.Duration, error) {
+	distributed, err := r.db.Distributed(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if distributed {
+		return r.db.Unpublished(ctx)
+	}
+	cursor, err := r.db.RelayCursor(ctx, cursorName)
+	if err != nil {
+		return 0, 0, err
+	}
+	return r.db.Backlog(ctx, cursor)
 }

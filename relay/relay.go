@@ -62,6 +62,9 @@ type Config struct {
 	Replicas int
 	MaxAge   time.Duration
 	MaxBytes int64
+	// Slices is how many slices the users are cut into on Citus, one lease each, for relays to
+	// divide; default DefaultSlices. Every relay of a deployment needs the same count.
+	Slices int
 }
 
 func (c *Config) defaults() {
@@ -104,6 +107,9 @@ func (c *Config) defaults() {
 	if c.MaxBytes <= 0 {
 		c.MaxBytes = -1
 	}
+	if c.Slices <= 0 {
+		c.Slices = DefaultSlices
+	}
 }
 
 // notifyChannel is where the outbox's trigger (migration 0006) announces committed events.
@@ -120,6 +126,8 @@ type Relay struct {
 	log    *slog.Logger
 	cfg    Config
 	leader atomic.Bool
+	// slicesHeld counts the slices this relay publishes on Citus.
+	slicesHeld atomic.Int32
 	// Published counts events acknowledged by JetStream, for metrics and tests.
 	Published atomic.Int64
 }
@@ -127,6 +135,9 @@ type Relay struct {
 // New returns a relay publishing through nc.
 func New(db *postgres.DB, nc *nats.Conn, log *slog.Logger, cfg Config) (*Relay, error) {
 	cfg.defaults()
+	if cfg.Slices > MaxSlices {
+		return nil, errTooManySlices
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -146,8 +157,20 @@ func (r *Relay) NATSConnected() error {
 func (r *Relay) Leader() bool { return r.leader.Load() }
 
 // Run waits for the lease, publishes while it holds it, and waits again if it loses it,
-// until ctx ends.
+// until ctx ends. On Citus it holds a share of the slices instead (slices.go).
 func (r *Relay) Run(ctx context.Context) error {
+	for {
+		distributed, err := r.db.Distributed(ctx)
+		if err == nil && distributed {
+			return r.runDistributed(ctx)
+		}
+		if err == nil {
+			break
+		}
+		if !r.retryLater(ctx, "relay: ask the database for Citus", err) {
+			return nil
+		}
+	}
 	for {
 		leaseCfg := postgres.LeaseConfig{TTL: r.cfg.LeaseTTL, Poll: r.cfg.Poll * 10}
 		if !r.cfg.PollOnly {
@@ -155,11 +178,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		lease, err := r.db.AcquireLease(ctx, leaseKey, leaseCfg)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			r.log.Warn("relay lease", "error", err)
-			if !sleep(ctx, r.cfg.MaxBackoff) {
+			if !r.retryLater(ctx, "relay lease", err) {
 				return nil
 			}
 			continue
@@ -205,13 +224,8 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 		if err := wake.adjust(ctx); err != nil {
 			return err
 		}
-		if !streamReady {
-			if err := r.ensureStream(ctx); err != nil {
-				r.log.Warn("create stream", "error", err)
-				backoff = r.wait(ctx, backoff)
-				continue
-			}
-			streamReady = true
+		if !r.streamReady(ctx, &streamReady, &backoff) {
+			continue
 		}
 		events, err := r.db.Events(ctx, cursor, r.cfg.Batch)
 		if err != nil {
@@ -243,21 +257,15 @@ func (r *Relay) publishLoop(ctx context.Context, lease *postgres.Lease) error {
 		if !lease.Held() {
 			return errLeaseExpired
 		}
-		acked, err := r.publish(ctx, events)
-		if acked > 0 {
-			cursor = events[acked-1].Cursor
-			if err := r.db.SaveRelayCursor(ctx, cursorName, cursor); err != nil {
-				return err
-			}
-			r.Published.Add(int64(acked))
-			wake.events += acked
-		}
+		published, err := r.publishAndRecord(ctx, events, func(acked []ledger.StoredEvent) error {
+			cursor = acked[len(acked)-1].Cursor
+			wake.events += len(acked)
+			return r.db.SaveRelayCursor(ctx, cursorName, cursor)
+		})
 		if err != nil {
-			r.log.Warn("publish to JetStream", "error", err, "events", len(events), "acknowledged", acked)
-			backoff = r.wait(ctx, backoff)
-			continue
+			return err
 		}
-		backoff = r.cfg.Poll
+		backoff = r.nextBackoff(ctx, published, backoff)
 	}
 	return ctx.Err()
 }
@@ -319,6 +327,54 @@ func (w *wakeup) stop() {
 	if err := w.relay.db.SetOutboxWakeup(ctx, false); err != nil {
 		w.relay.log.Warn("turn the outbox wake-up off", "error", err)
 	}
+}
+
+// streamReady makes sure the stream exists, once per publishing session (ready). After a
+// failure it logs and waits, longer each time in a row, and answers false.
+func (r *Relay) streamReady(ctx context.Context, ready *bool, backoff *time.Duration) bool {
+	if *ready {
+		return true
+	}
+	if err := r.ensureStream(ctx); err != nil {
+		r.log.Warn("create stream", "error", err)
+		*backoff = r.wait(ctx, *backoff)
+		return false
+	}
+	*ready = true
+	return true
+}
+
+// retryLater logs a failure and waits MaxBackoff; false when ctx ended meanwhile.
+func (r *Relay) retryLater(ctx context.Context, msg string, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	r.log.Warn(msg, "error", err)
+	return sleep(ctx, r.cfg.MaxBackoff)
+}
+
+// publishAndRecord publishes events and hands those JetStream acknowledged, the first ones, to
+// record. It reports whether all were acknowledged; an error is record's.
+func (r *Relay) publishAndRecord(ctx context.Context, events []ledger.StoredEvent, record func(acked []ledger.StoredEvent) error) (bool, error) {
+	acked, err := r.publish(ctx, events)
+	if acked > 0 {
+		if err := record(events[:acked]); err != nil {
+			return false, err
+		}
+		r.Published.Add(int64(acked))
+	}
+	if err != nil {
+		r.log.Warn("publish to JetStream", "error", err, "events", len(events), "acknowledged", acked)
+	}
+	return err == nil, nil
+}
+
+// nextBackoff waits after a failed round, longer each time in a row, and resets after a good one.
+func (r *Relay) nextBackoff(ctx context.Context, ok bool, backoff time.Duration) time.Duration {
+	if ok {
+		return r.cfg.Poll
+	}
+	return r.wait(ctx, backoff)
 }
 
 func (r *Relay) wait(ctx context.Context, backoff time.Duration) time.Duration {

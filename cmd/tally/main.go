@@ -128,6 +128,7 @@ type config struct {
 	relay           bool // run the relay inside serve
 	relayRetention  time.Duration
 	relayLeaseTTL   time.Duration
+	relaySlices     int // RELAY_SLICES: on Citus, how many slices the relays divide
 	streamReplicas  int
 	streamMaxAge    time.Duration
 	streamMaxBytes  int64
@@ -256,6 +257,13 @@ func loadNATSConfig(cfg *config, getenv func(string) string) error {
 			return fmt.Errorf("NATS_STREAM_REPLICAS %q is not a replica count from 1 to 5", v)
 		}
 		cfg.streamReplicas = n
+	}
+	if v := getenv("RELAY_SLICES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > relay.MaxSlices {
+			return fmt.Errorf("RELAY_SLICES %q is not a number of slices from 1 to %d", v, relay.MaxSlices)
+		}
+		cfg.relaySlices = n
 	}
 	if v := getenv("NATS_STREAM_MAX_BYTES"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -440,7 +448,7 @@ func newRelay(cfg config, db *postgres.DB, log *slog.Logger) (*relay.Relay, *nat
 		return nil, nil, err
 	}
 	r, err := relay.New(db, nc, log, relay.Config{Retention: cfg.relayRetention, Stream: cfg.natsStream, SubjectPrefix: cfg.subjectPrefix,
-		LeaseTTL: cfg.relayLeaseTTL, Replicas: cfg.streamReplicas, MaxAge: cfg.streamMaxAge, MaxBytes: cfg.streamMaxBytes})
+		LeaseTTL: cfg.relayLeaseTTL, Slices: cfg.relaySlices, Replicas: cfg.streamReplicas, MaxAge: cfg.streamMaxAge, MaxBytes: cfg.streamMaxBytes})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

@@ -177,6 +177,8 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{"NATS_CREDS": "/var/run/nats/tally.creds", "NATS_USER": "u", "NATS_PASSWORD": "p"},
 		{"NATS_USER": "u"},
 		{"NATS_STREAM_REPLICAS": "0"},
+		{"RELAY_SLICES": "0"},
+		{"RELAY_SLICES": "257"},
 		{"NATS_STREAM_REPLICAS": "three"},
 		{"NATS_STREAM_MAX_BYTES": "-1"},
 		{"NATS_STREAM_MAX_AGE": "a week"},
@@ -201,6 +203,9 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.Equal(t, "tally", cfg.subjectPrefix)
 	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
 	require.Equal(t, postgres.DefaultWriteBatchMax, cfg.writeBatchMax)
+	cfg, err = loadConfig(func(k string) string { return map[string]string{"RELAY_SLICES": "8"}[k] })
+	require.NoError(t, err)
+	require.Equal(t, 8, cfg.relaySlices)
 	cfg, err = loadConfig(func(k string) string {
 		return map[string]string{"MAX_CONNECTIONS": "50", "WRITE_BATCH_MAX": "1", "WRITE_WORKERS": "2"}[k]
 	})

@@ -712,7 +712,10 @@ type ReadyzParams struct {
 
 // ListEventsParams defines parameters for ListEvents.
 type ListEventsParams struct {
-	// Cursor Opaque: `next_cursor` of the previous page; `end` to start at the newest event now (only what commits later follows); omit to start at the oldest kept event.
+	// UserId On Citus, required: the user whose events to read. On one PostgreSQL, refused (the feed holds every user's events).
+	UserId *int64 `form:"user_id,omitempty" json:"user_id,omitempty"`
+
+	// Cursor Opaque: `next_cursor` of the previous page; `end` to start at the newest event now (only what commits later follows); omit to start at the oldest kept event. On Citus: the last sequence read, such as `5`.
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
 
 	// After The feed's first name for `cursor`, accepted in this major version; if both are given they must be equal.
@@ -1102,7 +1105,7 @@ type ClientInterface interface {
 
 	// ListEvents Read the event feed
 	//
-	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
+	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events. On a deployment on Citus there is no order across the cluster's nodes, so the feed is per user: `user_id` is required there (422 without it), the cursor is the last sequence read, and pages hold that user's events in `sequence` order; a deployment on one PostgreSQL refuses `user_id` (422). See docs/events.md, "On Citus".
 	//
 	// Corresponds with GET /v1/events (the `ListEvents` operationId).
 	ListEvents(ctx context.Context, params *ListEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1393,7 +1396,7 @@ func (c *Client) Readyz(ctx context.Context, params *ReadyzParams, reqEditors ..
 
 // ListEvents Read the event feed
 //
-// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
+// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events. On a deployment on Citus there is no order across the cluster's nodes, so the feed is per user: `user_id` is required there (422 without it), the cursor is the last sequence read, and pages hold that user's events in `sequence` order; a deployment on one PostgreSQL refuses `user_id` (422). See docs/events.md, "On Citus".
 //
 // Corresponds with GET /v1/events (the `ListEvents` operationId).
 func (c *Client) ListEvents(ctx context.Context, params *ListEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2095,6 +2098,18 @@ func NewListEventsRequest(server string, params *ListEventsParams) (*http.Reques
 		// styled parameters, preserving literal commas as delimiters
 		// per the OpenAPI spec (e.g. "color=blue,black,brown").
 		var rawQueryFragments []string
+
+		if params.UserId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "user_id", *params.UserId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
 
 		if params.Cursor != nil {
 
@@ -3034,7 +3049,7 @@ type ClientWithResponsesInterface interface {
 
 	// ListEventsWithResponse Read the event feed
 	//
-	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
+	// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events. On a deployment on Citus there is no order across the cluster's nodes, so the feed is per user: `user_id` is required there (422 without it), the cursor is the last sequence read, and pages hold that user's events in `sequence` order; a deployment on one PostgreSQL refuses `user_id` (422). See docs/events.md, "On Citus".
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3737,6 +3752,11 @@ type ListEventsResponse200Headers struct {
 	XRequestID string
 }
 
+// ListEventsResponse404Headers the declared response headers of an HTTP 404 response for ListEvents
+type ListEventsResponse404Headers struct {
+	XRequestID string
+}
+
 // ListEventsResponse405Headers the declared response headers of an HTTP 405 response for ListEvents
 type ListEventsResponse405Headers struct {
 	Allow      string
@@ -3773,6 +3793,8 @@ type ListEventsResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *EventPage
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
 	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationproblemJSON405 *MethodNotAllowed
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
@@ -3787,6 +3809,8 @@ type ListEventsResponse struct {
 	ApplicationproblemJSON503 *Cancelled
 	// Headers200 the parsed response headers for an HTTP 200 response
 	Headers200 *ListEventsResponse200Headers
+	// Headers404 the parsed response headers for an HTTP 404 response
+	Headers404 *ListEventsResponse404Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
 	Headers405 *ListEventsResponse405Headers
 	// Headers409 the parsed response headers for an HTTP 409 response
@@ -3804,6 +3828,11 @@ type ListEventsResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListEventsResponse) GetJSON200() *EventPage {
 	return r.JSON200
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ListEventsResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
 }
 
 // GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
@@ -5144,7 +5173,7 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, params *Re
 
 // ListEventsWithResponse Read the event feed
 //
-// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events.
+// Events in stream order after a cursor, for consumers without NATS. With `wait`, the call waits up to that many seconds for the first event (long poll). An event whose transaction commits after a later one is never skipped: events become visible only once every older write transaction has ended. A consumer that stores `next_cursor` together with the effect of the events it processed, and resumes from it, sees every event exactly once. Events are kept for the relay's retention period (default 7 days) after they are published. A cursor ahead of every event written (from another deployment, or from before a restore) answers 409 `cursor-ahead`; one before pruned events answers 410 `cursor-expired`: reading on from either would skip events. On a deployment on Citus there is no order across the cluster's nodes, so the feed is per user: `user_id` is required there (422 without it), the cursor is the last sequence read, and pages hold that user's events in `sequence` order; a deployment on one PostgreSQL refuses `user_id` (422). See docs/events.md, "On Citus".
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -5973,6 +6002,13 @@ func ParseListEventsResponse(rsp *http.Response) (*ListEventsResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
 		var dest MethodNotAllowed
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6028,6 +6064,16 @@ func ParseListEventsResponse(rsp *http.Response) (*ListEventsResponse, error) {
 			headers.XRequestID = value
 		}
 		response.Headers200 = &headers
+	case rsp.StatusCode == 404:
+		var headers ListEventsResponse404Headers
+		if values := rsp.Header.Values("X-Request-ID"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-ID", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestID = value
+		}
+		response.Headers404 = &headers
 	case rsp.StatusCode == 405:
 		var headers ListEventsResponse405Headers
 		if values := rsp.Header.Values("Allow"); len(values) > 0 {
