@@ -95,7 +95,7 @@ clean:
 	rm -rf bin .data
 
 # The container and Kubernetes manifests alone: the compose file loads with the Compose
-# Specification's own loader and both kustomize overlays render and pass deploy/'s checks
+# Specification's own loader and every kustomize overlay renders and pass deploy/'s checks
 # (both run in-process in that test; `make test` runs it too). To read a
 # rendering: `go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 build deploy/k8s/overlays/prod`.
 .PHONY: manifests
