@@ -55,7 +55,7 @@ func (pg *Postgres) Exited() <-chan struct{} { return pg.exited }
 // dataDir/postgres (or, when the user running it cannot reach that, in a directory of its
 // own under /var/tmp), creating the cluster and the "tally" database when missing.
 func StartPostgres(ctx context.Context, dataDir string, log *slog.Logger) (*Postgres, error) {
-	return startPostgres(ctx, dataDir, log, func(command commandFunc, cluster string) error {
+	return startPostgres(ctx, dataDir, 0, log, func(command commandFunc, cluster string) error {
 		log.Info("creating a PostgreSQL cluster", "dir", cluster)
 		if err := command(cluster, "initdb", "-D", cluster, "-A", "trust", "-U", "postgres", "--encoding=UTF8", "--no-locale").Run(); err != nil {
 			return fmt.Errorf("initdb failed: %w", err)
@@ -68,8 +68,9 @@ func StartPostgres(ctx context.Context, dataDir string, log *slog.Logger) (*Post
 type commandFunc func(dir, name string, args ...string) *exec.Cmd
 
 // startPostgres starts a server on the cluster in dataDir/postgres, which create makes when
-// it holds none yet, and waits until it accepts connections and has the "tally" database.
-func startPostgres(ctx context.Context, dataDir string, log *slog.Logger, create func(command commandFunc, cluster string) error) (*Postgres, error) {
+// it holds none yet, and waits until it accepts connections and has the "tally" database. It
+// listens on port, or on a free port when port is 0.
+func startPostgres(ctx context.Context, dataDir string, port int, log *slog.Logger, create func(command commandFunc, cluster string) error) (*Postgres, error) {
 	bin, err := findPostgres(ctx)
 	if err != nil {
 		return nil, err
@@ -134,9 +135,10 @@ func startPostgres(ctx context.Context, dataDir string, log *slog.Logger, create
 		return nil, err
 	}
 
-	port, err := FreePort(ctx)
-	if err != nil {
-		return nil, err
+	if port == 0 {
+		if port, err = FreePort(ctx); err != nil {
+			return nil, err
+		}
 	}
 	cmd := command(cluster, "postgres", "-D", cluster, "-p", strconv.Itoa(port),
 		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=")

@@ -18,7 +18,7 @@ import (
 // primary.SetSynchronousStandbys names it; the fault tests use a pair like this one to play
 // a failover.
 func StartStandby(ctx context.Context, primary *Postgres, dataDir string, log *slog.Logger) (*Postgres, error) {
-	standby, err := startPostgres(ctx, dataDir, log, func(command commandFunc, cluster string) error {
+	standby, err := startPostgres(ctx, dataDir, 0, log, func(command commandFunc, cluster string) error {
 		log.Info("cloning the primary", "dir", cluster, "primary_port", primary.Port)
 		// -R writes standby.signal and primary_conninfo; -X stream copies the WAL written
 		// during the copy, so the clone is consistent on its own.
@@ -109,7 +109,12 @@ func (pg *Postgres) Kill() error {
 
 // query runs fn on a new connection to the server's "postgres" database.
 func (pg *Postgres) query(ctx context.Context, fn func(*pgx.Conn) error) error {
-	conn, err := pgx.Connect(ctx, pg.AdminURL)
+	return withConn(ctx, pg.AdminURL, fn)
+}
+
+// withConn runs fn on a new connection to url.
+func withConn(ctx context.Context, url string, fn func(*pgx.Conn) error) error {
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return err
 	}
