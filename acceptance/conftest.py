@@ -1,7 +1,7 @@
 """Fixtures for the black-box acceptance suite.
 
-The suite speaks HTTP only, to the server at TALLY_URL (acceptance/run.sh starts one on a
-fresh database). Every test creates its own users, so tests do not depend on each other or
+The suite speaks HTTP only, to the server at TALLY_URL, or to the instances listed in TALLY_URLS
+(acceptance/run.sh starts them on a fresh database). Every test creates its own users, so tests do not depend on each other or
 on their order.
 
 Every response passes through support.check_response: no 5xx ever, and every error is an
@@ -24,7 +24,10 @@ def base_url():
 
 @pytest.fixture(scope="session")
 def api(base_url):
-    with Tally(base_url) as session:
+    """A session on TALLY_URL or, when TALLY_URLS lists instances (comma-separated), on each of
+    them in turn, so that consecutive requests of a test reach different instances."""
+    urls = [u.rstrip("/") for u in os.environ.get("TALLY_URLS", "").split(",") if u] or [base_url]
+    with Tally(*urls) as session:
         yield session
 
 

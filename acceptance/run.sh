@@ -5,6 +5,10 @@
 #   TEST_DATABASE_URL  an existing database to connect to for CREATE/DROP DATABASE
 #                      (default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)
 #   ACCEPTANCE_PORT    the port to serve on (default 8000; a free one if 8000 is busy)
+#   ACCEPTANCE_INSTANCES  how many instances of bin/tally serve the database (default 1); the
+#                      suite sends each request to the next (TALLY_URLS); the others take free ports
+#   TEST_CITUS_WORKER_URLS  the workers' admin URLs, comma-separated, when TEST_DATABASE_URL is
+#                      a Citus coordinator: the database is made on every node and distributed
 #   extra arguments    passed to pytest, e.g. ./acceptance/run.sh -k idempotency
 set -euo pipefail
 
@@ -18,12 +22,16 @@ if [[ ! -x bin/tally ]]; then
 fi
 
 db_name="tally_acceptance_$$"
-# The new database's URL is the admin URL with its path replaced; user, host and options stay.
-db_url=$("$PYTHON" -c '
+# A database's URL is an admin URL with its path replaced; user, host and options stay.
+with_db() {
+	"$PYTHON" -c '
 import sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1])
 print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))
-' "$TEST_DATABASE_URL" "$db_name")
+' "$1" "$2"
+}
+db_url=$(with_db "$TEST_DATABASE_URL" "$db_name")
+IFS=, read -ra citus_workers <<<"${TEST_CITUS_WORKER_URLS:-}"
 
 port_free() {
 	"$PYTHON" -c '
@@ -48,23 +56,32 @@ else
 	fi
 fi
 export TALLY_URL="http://127.0.0.1:$port"
+ports=("$port")
+for _ in $(seq 2 "${ACCEPTANCE_INSTANCES:-1}"); do
+	ports+=("$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+done
+TALLY_URLS=$(printf 'http://127.0.0.1:%s,' "${ports[@]}")
+export TALLY_URLS=${TALLY_URLS%,}
 
 workdir=$(mktemp -d)
-server_log="$workdir/server.log"
-server_pid=""
+server_pids=()
 db_created=""
 
 cleanup() {
-	if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-		kill "$server_pid" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	for pid in "${server_pids[@]}"; do
+		if kill -0 "$pid" 2>/dev/null; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -9 "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
+		fi
+	done
 	if [[ -n "$db_created" ]]; then
-		psql "$TEST_DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
-			-c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" >/dev/null ||
-			echo "acceptance: could not drop database $db_name" >&2
+		for admin in "$TEST_DATABASE_URL" "${citus_workers[@]}"; do
+			psql "$admin" -qX -v ON_ERROR_STOP=1 \
+				-c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" >/dev/null ||
+				echo "acceptance: could not drop database $db_name" >&2
+		done
 	fi
 	rm -rf "$workdir"
 }
@@ -74,28 +91,43 @@ trap 'exit 143' TERM
 
 psql "$TEST_DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$db_name\"" >/dev/null
 db_created=1
-
-DATABASE_URL="$db_url" PORT="$port" ADMIN_PORT=0 bin/tally serve >"$server_log" 2>&1 &
-server_pid=$!
-
-ready=""
-for _ in $(seq 200); do # 200 × 0.1 s = 20 s
-	if ! kill -0 "$server_pid" 2>/dev/null; then
-		break
-	fi
-	# The log line proves the answer comes from this server, not another one on the port.
-	if grep -q '"msg":"listening"' "$server_log" &&
-		curl -fsS -o /dev/null --max-time 1 "$TALLY_URL/readyz" 2>/dev/null; then
-		ready=1
-		break
-	fi
-	sleep 0.1
-done
-if [[ -z "$ready" ]]; then
-	echo "acceptance: bin/tally did not become ready at $TALLY_URL/readyz; server log:" >&2
-	cat "$server_log" >&2
-	exit 1
+if [[ ${#citus_workers[@]} -gt 0 ]]; then
+	# Every node gets the database with the extension; the coordinator's metadata lists the
+	# workers. tally serve's migration then distributes the tables.
+	host_port() { "$PYTHON" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname, p.port)' "$1"; }
+	add_nodes="SELECT citus_set_coordinator_host('$(host_port "$TEST_DATABASE_URL" | cut -d' ' -f1)', $(host_port "$TEST_DATABASE_URL" | cut -d' ' -f2));"
+	for w in "${citus_workers[@]}"; do
+		psql "$w" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$db_name\"" >/dev/null
+		psql "$(with_db "$w" "$db_name")" -qX -v ON_ERROR_STOP=1 -c "CREATE EXTENSION citus" >/dev/null
+		read -r host wport <<<"$(host_port "$w")"
+		add_nodes+="SELECT citus_add_node('$host', $wport);"
+	done
+	psql "$db_url" -qX -v ON_ERROR_STOP=1 -c "CREATE EXTENSION citus" -c "$add_nodes" >/dev/null
 fi
+
+# The first instance migrates; the others start on the migrated database.
+for i in "${!ports[@]}"; do
+	DATABASE_URL="$db_url" PORT="${ports[$i]}" ADMIN_PORT=0 bin/tally serve >"$workdir/server$i.log" 2>&1 &
+	server_pids+=($!)
+	ready=""
+	for _ in $(seq 200); do # 200 × 0.1 s = 20 s
+		if ! kill -0 "${server_pids[$i]}" 2>/dev/null; then
+			break
+		fi
+		# The log line proves the answer comes from this server, not another one on the port.
+		if grep -q '"msg":"listening"' "$workdir/server$i.log" &&
+			curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${ports[$i]}/readyz" 2>/dev/null; then
+			ready=1
+			break
+		fi
+		sleep 0.1
+	done
+	if [[ -z "$ready" ]]; then
+		echo "acceptance: bin/tally did not become ready at http://127.0.0.1:${ports[$i]}/readyz; server log:" >&2
+		cat "$workdir/server$i.log" >&2
+		exit 1
+	fi
+done
 
 status=0
 PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m pytest -q -p no:cacheprovider acceptance "$@" || status=$?
@@ -104,13 +136,15 @@ if [[ $status -eq 5 ]]; then
 	status=1
 fi
 if [[ $status -ne 0 ]]; then
-	# Requests are logged one line each; only warnings and errors help explain a failure.
-	if grep -E '"level":"(WARN|ERROR)"' "$server_log" >&2; then
-		echo "acceptance: (above: server warnings and errors)" >&2
-	fi
-	if ! kill -0 "$server_pid" 2>/dev/null; then
-		echo "acceptance: the server exited during the run; its log:" >&2
-		cat "$server_log" >&2
-	fi
+	for i in "${!ports[@]}"; do
+		# Requests are logged one line each; only warnings and errors help explain a failure.
+		if grep -E '"level":"(WARN|ERROR)"' "$workdir/server$i.log" >&2; then
+			echo "acceptance: (above: warnings and errors of the server on port ${ports[$i]})" >&2
+		fi
+		if ! kill -0 "${server_pids[$i]}" 2>/dev/null; then
+			echo "acceptance: the server on port ${ports[$i]} exited during the run; its log:" >&2
+			cat "$workdir/server$i.log" >&2
+		fi
+	done
 fi
 exit "$status"

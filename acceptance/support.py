@@ -1,6 +1,7 @@
 """HTTP helpers shared by the acceptance tests: a session bound to the server under test,
 the response check every request passes, and small value makers."""
 
+import itertools
 import uuid
 from datetime import timezone
 
@@ -36,15 +37,17 @@ def new_uid():
 
 
 class Tally(requests.Session):
-    """A session bound to the server under test, with shorthands for the API."""
+    """A session bound to the server under test, with shorthands for the API. Given several
+    base URLs (instances of one deployment), it sends each request to the next in turn."""
 
-    def __init__(self, base_url):
+    def __init__(self, *base_urls):
         super().__init__()
-        self.base_url = base_url
+        self.base_url = base_urls[0]
+        self._instances = itertools.cycle(base_urls)
 
     def request(self, method, url, *args, **kwargs):
         if url.startswith("/"):
-            url = self.base_url + url
+            url = next(self._instances) + url
         kwargs.setdefault("timeout", 30)
         r = super().request(method, url, *args, **kwargs)
         check_response(r)

@@ -145,7 +145,7 @@ func (b *batcher) run(batch []*writeRequest) {
 			}
 		}
 	}()
-	b.db.record(ctx, live, false)
+	b.db.record(ctx, live, false, false)
 	b.db.metrics.duration.Observe(time.Since(start).Seconds())
 	for _, w := range live {
 		close(w.done)

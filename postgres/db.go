@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,41 @@ type DB struct {
 	eventSource string
 	batcher     *batcher // nil when write batching is off
 	metrics     batchMetrics
+	layout      atomic.Int32 // layoutUnknown until the first query that tells
+}
+
+// The database's layout, read once: plain PostgreSQL, or tables distributed by Citus.
+const (
+	layoutUnknown int32 = iota
+	layoutPlain
+	layoutCitus
+)
+
+// distributedSQL tells a distributed schema: tally_distribute() creates transaction_uids
+// exactly when it distributes the tables.
+const distributedSQL = "SELECT to_regclass('transaction_uids') IS NOT NULL"
+
+// Distributed reports whether the schema is distributed by Citus, in which case writes and
+// reads take the statements that Citus routes to one shard (write.go), and write batching is
+// off. It asks the database the first time only; a database distributed while tally runs is
+// seen after a restart.
+func (db *DB) Distributed(ctx context.Context) (bool, error) {
+	switch db.layout.Load() {
+	case layoutPlain:
+		return false, nil
+	case layoutCitus:
+		return true, nil
+	}
+	var distributed bool
+	if err := db.pool.QueryRow(ctx, distributedSQL).Scan(&distributed); err != nil {
+		return false, fmt.Errorf("read the database's layout: %w", err)
+	}
+	if distributed {
+		db.layout.Store(layoutCitus)
+	} else {
+		db.layout.Store(layoutPlain)
+	}
+	return distributed, nil
 }
 
 // DefaultEventSource is the source of events until SetEventSource changes it; tally serve
@@ -99,7 +135,9 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 	// Each worker holds a connection while it records a batch: leave one for reads and for
 	// the requests recorded alone.
 	o.workers = min(o.workers, max(1, int(cfg.MaxConns)-1))
-	if o.batchMax > 1 && o.workers > 0 {
+	// A database that does not answer yet is asked again by the first request.
+	distributed, _ := db.Distributed(ctx)
+	if o.batchMax > 1 && o.workers > 0 && !distributed {
 		db.batcher = newBatcher(db, o.batchMax, o.workers)
 	}
 	return db, nil

@@ -142,8 +142,18 @@ func migrate(ctx context.Context, databaseURL string, ms []migration, lockTimeou
 		}
 		applied = append(applied, m.name)
 	}
+	// A database migrated before Citus was installed in it is distributed now: the function
+	// (0008_citus.sql) does nothing on plain PostgreSQL or once the tables are distributed.
+	if _, err := conn.Exec(ctx, distributeSQL); err != nil {
+		return applied, fmt.Errorf("distribute the tables on Citus: %w", err)
+	}
 	return applied, nil
 }
+
+// distributeSQL calls tally_distribute where a migration created it.
+const distributeSQL = `DO $$ BEGIN
+	IF to_regproc('tally_distribute') IS NOT NULL THEN PERFORM tally_distribute(); END IF;
+END $$`
 
 // applyAlone runs a no-transaction migration: its one statement, then its record. The extended
 // protocol runs exactly one statement and outside a transaction block, as CREATE INDEX

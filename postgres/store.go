@@ -69,22 +69,9 @@ func (db *DB) insertUser(ctx context.Context, tx pgx.Tx, name string) (ledger.Us
 		return u, err
 	}
 	u.CreatedAt = u.CreatedAt.UTC()
-	ids, seqs, types, bodies := db.outboxColumns([]ledger.Event{ledger.UserCreatedEvent(u)})
-	_, err = tx.Exec(ctx, `INSERT INTO outbox (id, user_id, user_seq, type, event)
-		SELECT e.id, $1, e.seq, e.type, e.body::json
-		FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[]) AS e(id, seq, type, body)`,
-		u.ID, ids, seqs, types, bodies)
+	e := ledger.UserCreatedEvent(u)
+	_, err = tx.Exec(ctx, insertEventSQL, e.ID, u.ID, e.Seq, string(e.Type), string(e.CloudEvent(db.eventSource)))
 	return u, err
-}
-
-// outboxColumns lays one user's events out as the arrays the outbox inserts unnest, so that
-// any number of events is one statement.
-func (db *DB) outboxColumns(events []ledger.Event) (ids []uuid.UUID, seqs []int64, types, bodies []string) {
-	for _, e := range events {
-		ids, seqs = append(ids, e.ID), append(seqs, e.Seq)
-		types, bodies = append(types, string(e.Type)), append(bodies, string(e.CloudEvent(db.eventSource)))
-	}
-	return ids, seqs, types, bodies
 }
 
 // User returns a user with its current balance.
@@ -130,10 +117,23 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 	return t, err
 }
 
-// Transaction returns the stored transaction with this uid.
+// Transaction returns the stored transaction with this uid. On Citus the uid's user is read
+// first from transaction_uids, so that each of the two queries reaches one shard.
 func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (t ledger.Transaction, err error) {
 	defer func() { err = dbErr(err) }()
-	t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))
+	distributed, err := db.Distributed(ctx)
+	if err != nil {
+		return t, err
+	}
+	if distributed {
+		var userID int64
+		err = db.pool.QueryRow(ctx, findUIDOwnerSQL, uid).Scan(&userID)
+		if err == nil {
+			t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE user_id = $1 AND uid = $2", userID, uid))
+		}
+	} else {
+		t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ledger.NotFound("transaction %s does not exist", uid)
 	}

@@ -82,6 +82,38 @@ const writeSQL = `WITH stored AS (
 		event_seq = ($23::bigint[])[array_position($19::bigint[], id)]
 	WHERE id = ANY($19::bigint[])`
 
+// On Citus (db.Distributed) a statement over an array of users reaches every shard, and an
+// INSERT ... SELECT FROM unnest is planned through the coordinator. The write path there
+// records each request alone, with the scalar statements below, each of which Citus routes to
+// one shard: the user's (users, transactions and outbox are colocated by user) or the uid's
+// (transaction_uids). A write touches both, so it commits with two-phase commit when they lie
+// on two workers. The user's row lock alone serializes the user's writes: the advisory lock's
+// other duty, ordering the single-node outbox by transaction id, has no meaning across nodes.
+
+// lockUserRowSQL locks one user's row and reads what Decide needs.
+const lockUserRowSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users
+	WHERE id = $1 FOR UPDATE`
+
+// findUserUIDSQL reads a uid stored for this user. Under the user's row lock it sees every
+// earlier write of the user, committed on the user's worker before the lock came free.
+const findUserUIDSQL = "SELECT " + txColumns + ", response_status, response_body FROM transactions WHERE user_id = $1 AND uid = $2"
+
+// findUIDOwnerSQL finds the user a uid was stored for, so that a uid used for another user is
+// an idempotency conflict. One committing on the uid's worker meanwhile is caught by
+// insertUIDSQL's unique violation, and the retry reads it here.
+const findUIDOwnerSQL = "SELECT user_id FROM transaction_uids WHERE uid = $1"
+
+const insertUIDSQL = "INSERT INTO transaction_uids (uid, user_id) VALUES ($1, $2)"
+
+const insertTransactionSQL = `INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given,
+	status, reason, balance_after, response_status, response_body, created_at)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
+
+// insertEventSQL stores one event; the write path and user creation use it on every layout.
+const insertEventSQL = "INSERT INTO outbox (id, user_id, user_seq, type, event) VALUES ($1, $2, $3, $4, $5::json)"
+
+const updateUserSQL = "UPDATE users SET balance = $2, last_seq = $3, last_ts = $4, event_seq = $5 WHERE id = $1"
+
 // writeRequest is one transaction request on its way through the write path, and, once a
 // batch holding it committed, its answer.
 type writeRequest struct {
@@ -107,8 +139,12 @@ type writeRequest struct {
 // (batcher.go). A uid seen before gets its first answer back, or an idempotency conflict if
 // the body differs.
 func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.Transaction) ledger.Reply) (ledger.Outcome, error) {
+	distributed, err := db.Distributed(ctx)
+	if err != nil {
+		return ledger.Outcome{}, dbErr(err)
+	}
 	w := &writeRequest{req: req, render: render}
-	if db.batcher != nil {
+	if db.batcher != nil && !distributed {
 		if err := db.batcher.submit(ctx, w); err != nil {
 			return ledger.Outcome{}, dbErr(err)
 		}
@@ -117,7 +153,7 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 		}
 		*w = writeRequest{req: req, render: render}
 	}
-	db.record(ctx, []*writeRequest{w}, true)
+	db.record(ctx, []*writeRequest{w}, true, distributed)
 	return w.out, dbErr(w.err)
 }
 
@@ -129,12 +165,15 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 // A lost connection fails every member with 503: a retry of a uid finds out whether the batch
 // committed. Any other failure could be one member's doing: the members are then recorded one
 // by one, in arrival order, so that only the culprit fails.
-func (db *DB) record(ctx context.Context, batch []*writeRequest, alone bool) {
+//
+// distributed selects the scalar statements Citus routes to one shard; only a request alone
+// is recorded that way.
+func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distributed bool) {
 	_, err := retry(ctx, true, func() (struct{}, error) {
 		for _, w := range batch {
 			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
 		}
-		return struct{}{}, db.recordOnce(ctx, batch, alone)
+		return struct{}{}, db.recordOnce(ctx, batch, alone, distributed)
 	})
 	if err == nil {
 		return
@@ -146,7 +185,7 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone bool) {
 		return
 	}
 	for _, w := range batch {
-		db.record(ctx, []*writeRequest{w}, false)
+		db.record(ctx, []*writeRequest{w}, false, distributed)
 	}
 }
 
@@ -159,9 +198,13 @@ type userState struct {
 
 // recordOnce is one attempt at a batch, in one database transaction of two round trips (three
 // for a back-dated request alone).
-func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone bool) error {
+func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone, distributed bool) error {
 	return db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
-		users, busy, stored, err := loadState(ctx, tx, batch, alone)
+		load := loadState
+		if distributed {
+			load = loadStateRouted
+		}
+		users, busy, stored, err := load(ctx, tx, batch, alone)
 		if err != nil {
 			return err
 		}
@@ -181,7 +224,7 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone bool)
 				writes.user(id, u)
 			}
 		}
-		return tx.commit(ctx, writes.queue(&pgx.Batch{}))
+		return tx.commit(ctx, writes.queue(&pgx.Batch{}, distributed))
 	})
 }
 
@@ -201,18 +244,63 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alon
 	if alone {
 		q.Queue(waitForUsersSQL, ids)
 	} else {
-		q.Queue(tryUsersSQL, ids).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id int64
-				if err := rows.Scan(&id); err != nil {
-					return err
-				}
-				busy[id] = true
-			}
-			return rows.Err()
-		})
+		q.Queue(tryUsersSQL, ids).Query(scanBigints(func(id int64) { busy[id] = true }))
 	}
-	q.Queue(lockUserRowsSQL, ids).Query(func(rows pgx.Rows) error {
+	q.Queue(lockUserRowsSQL, ids).Query(scanUserStates(users))
+	q.Queue(findUIDsSQL, uids).Query(scanStored(stored))
+	return users, busy, stored, tx.begin(ctx, q)
+}
+
+// loadStateRouted is loadState in statements Citus routes to one shard each: per user, its
+// row lock (the transaction waits for it: the user's busy list stays empty); per request, its
+// uid among the user's transactions and in transaction_uids. A uid stored for another user
+// comes back as a transaction of that user, which no request of this user matches.
+func loadStateRouted(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, _ bool) (users map[int64]*userState, busy map[int64]bool, stored map[uuid.UUID]ledger.Outcome, err error) {
+	ids := make([]int64, 0, len(batch))
+	for _, w := range batch {
+		ids = append(ids, w.req.UserID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	users, busy, stored = make(map[int64]*userState, len(ids)), map[int64]bool{}, map[uuid.UUID]ledger.Outcome{}
+	q := &pgx.Batch{}
+	for _, id := range ids {
+		q.Queue(lockUserRowSQL, id).Query(scanUserStates(users))
+	}
+	owners := make(map[uuid.UUID]int64, len(batch))
+	for _, w := range batch {
+		q.Queue(findUserUIDSQL, w.req.UserID, w.req.UID).Query(scanStored(stored))
+		uid := w.req.UID
+		q.Queue(findUIDOwnerSQL, uid).Query(scanBigints(func(owner int64) { owners[uid] = owner }))
+	}
+	if err := tx.begin(ctx, q); err != nil {
+		return nil, nil, nil, err
+	}
+	for uid, owner := range owners {
+		if _, ok := stored[uid]; !ok {
+			stored[uid] = ledger.Outcome{Tx: ledger.Transaction{UID: uid, UserID: owner}, Replayed: true}
+		}
+	}
+	return users, busy, stored, nil
+}
+
+// scanBigints calls add with the bigint of each row.
+func scanBigints(add func(int64)) func(pgx.Rows) error {
+	return func(rows pgx.Rows) error {
+		for rows.Next() {
+			var n int64
+			if err := rows.Scan(&n); err != nil {
+				return err
+			}
+			add(n)
+		}
+		return rows.Err()
+	}
+}
+
+// scanUserStates reads the rows of lockUserRowsSQL or lockUserRowSQL into users.
+func scanUserStates(users map[int64]*userState) func(pgx.Rows) error {
+	return func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id int64
 			var lastTime *time.Time
@@ -227,8 +315,12 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alon
 			users[id] = u
 		}
 		return rows.Err()
-	})
-	q.Queue(findUIDsSQL, uids).Query(func(rows pgx.Rows) error {
+	}
+}
+
+// scanStored reads stored transactions with their answers into stored.
+func scanStored(stored map[uuid.UUID]ledger.Outcome) func(pgx.Rows) error {
+	return func(rows pgx.Rows) error {
 		for rows.Next() {
 			var o ledger.Outcome
 			t, err := scanTransaction(rows, &o.Reply.Status, &o.Reply.Body)
@@ -239,8 +331,7 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alon
 			stored[t.UID] = o
 		}
 		return rows.Err()
-	})
-	return users, busy, stored, tx.begin(ctx, q)
+	}
 }
 
 // decide answers one request of a batch against its user's state and queues what it writes.
@@ -372,14 +463,29 @@ func (s *writeSet) user(id int64, u *userState) {
 }
 
 // queue adds the batch's writes to q: nothing when every member was a replay or a refusal
-// that stores nothing.
-func (s *writeSet) queue(q *pgx.Batch) *pgx.Batch {
+// that stores nothing. routed writes with the scalar statements Citus routes to one shard
+// each, instead of writeSQL.
+func (s *writeSet) queue(q *pgx.Batch, routed bool) *pgx.Batch {
 	if s.shift != nil {
 		sh := s.shift
 		q.Queue(shiftLaterSQL, sh.userID, sh.after, sh.by).Exec(func(tag pgconn.CommandTag) error {
 			*sh.moved = tag.RowsAffected()
 			return nil
 		})
+	}
+	if routed {
+		for i := range s.uids {
+			q.Queue(insertUIDSQL, s.uids[i], s.userIDs[i])
+			q.Queue(insertTransactionSQL, s.uids[i], s.userIDs[i], s.seqs[i], s.types[i], s.amounts[i], s.times[i],
+				s.timestampGiven[i], s.statuses[i], s.reasons[i], s.balanceAfter[i], s.replyStatus[i], s.replyBody[i], s.createdAt[i])
+		}
+		for i := range s.eventIDs {
+			q.Queue(insertEventSQL, s.eventIDs[i], s.eventUsers[i], s.eventSeqs[i], s.eventTypes[i], s.eventBodies[i])
+		}
+		for i := range s.users {
+			q.Queue(updateUserSQL, s.users[i], s.balances[i], s.lastSeqs[i], s.lastTimes[i], s.eventSeqsByUser[i])
+		}
+		return q
 	}
 	if len(s.uids) == 0 {
 		return q

@@ -32,8 +32,11 @@ var (
 )
 
 // withDatabase returns AdminURL pointing at another database.
-func withDatabase(name string) string {
-	u, err := url.Parse(AdminURL())
+func withDatabase(name string) string { return urlWithDatabase(AdminURL(), name) }
+
+// urlWithDatabase returns rawURL pointing at database name.
+func urlWithDatabase(rawURL, name string) string {
+	u, err := url.Parse(rawURL)
 	if err != nil {
 		panic(err)
 	}
@@ -52,10 +55,22 @@ func adminExec(ctx context.Context, sql string) error {
 }
 
 // NewDatabase creates a migrated database for this test, dropped when the test ends, and
-// returns its URL.
+// returns its URL. On a Citus cluster (CitusWorkers) it is distributed.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
 	ctx := context.Background()
+	if workers := CitusWorkers(); workers != nil {
+		name := fmt.Sprintf("tally_test_%d_%d", os.Getpid(), counter.Add(1))
+		t.Cleanup(func() {
+			if err := dropCitusDatabase(context.Background(), name, workers); err != nil {
+				t.Logf("drop test database %s: %v", name, err)
+			}
+		})
+		if err := newCitusDatabase(ctx, name, workers); err != nil {
+			t.Fatalf("create Citus test database: %v", err)
+		}
+		return withDatabase(name)
+	}
 	templateOnce.Do(func() {
 		templateName = fmt.Sprintf("tally_tmpl_%d", os.Getpid())
 		dropStale(ctx)

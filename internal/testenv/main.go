@@ -54,12 +54,13 @@ func run(args, environ []string, stdout, stderr io.Writer, signals <-chan os.Sig
 	pgProbe := flags.String("postgres", "127.0.0.1:5432", "where to look for a running PostgreSQL")
 	natsProbe := flags.String("nats", "127.0.0.1:4222", "where to look for a running NATS")
 	python := flags.String("python", "", "an interpreter that must have pytest and requests")
+	citusWorkers := flags.Int("citus", 0, "start a private Citus cluster with this many workers instead of using a PostgreSQL")
 	if err := flags.Parse(args); err != nil {
 		return 2, err
 	}
 	command := flags.Args()
 	if len(command) == 0 {
-		return 2, errors.New("usage: testenv [-postgres host:port] [-nats host:port] [-python path] -- command [args...]")
+		return 2, errors.New("usage: testenv [-postgres host:port] [-nats host:port] [-python path] [-citus workers] -- command [args...]")
 	}
 	ctx := context.Background()
 	if *python != "" {
@@ -89,17 +90,26 @@ func run(args, environ []string, stdout, stderr io.Writer, signals <-chan os.Sig
 	}
 
 	var env []string
-	if getenv("TEST_DATABASE_URL") == "" && !answers(ctx, *pgProbe) {
+	switch {
+	case *citusWorkers > 0:
+		c, err := devenv.StartCitus(ctx, dir, *citusWorkers, log)
+		if err != nil {
+			return 1, err
+		}
+		defer func() { err = errors.Join(err, c.Stop(log), removeMoved(c.Coordinator, dir)) }()
+		workers := make([]string, len(c.Workers))
+		for i, w := range c.Workers {
+			workers[i] = w.AdminURL
+			defer func() { err = errors.Join(err, removeMoved(w, dir)) }()
+		}
+		env = append(env, "TEST_DATABASE_URL="+c.Coordinator.AdminURL, "TEST_CITUS_WORKER_URLS="+strings.Join(workers, ","))
+		log.Info("started a private Citus cluster", "TEST_DATABASE_URL", c.Coordinator.AdminURL, "TEST_CITUS_WORKER_URLS", strings.Join(workers, ","))
+	case getenv("TEST_DATABASE_URL") == "" && !answers(ctx, *pgProbe):
 		pg, err := devenv.StartPostgres(ctx, dir, log)
 		if err != nil {
 			return 1, err
 		}
-		defer func() {
-			err = errors.Join(err, pg.Stop(log))
-			if !strings.HasPrefix(pg.Dir, dir+string(filepath.Separator)) {
-				err = errors.Join(err, os.RemoveAll(pg.Dir)) // moved out of dir's reach
-			}
-		}()
+		defer func() { err = errors.Join(err, pg.Stop(log), removeMoved(pg, dir)) }()
 		env = append(env, "TEST_DATABASE_URL="+pg.AdminURL)
 		log.Info("nothing answers on "+*pgProbe+"; started a private PostgreSQL", "TEST_DATABASE_URL", pg.AdminURL)
 	}
@@ -140,6 +150,14 @@ func run(args, environ []string, stdout, stderr io.Writer, signals <-chan os.Sig
 			}
 		}
 	}
+}
+
+// removeMoved removes pg's cluster if it was kept outside dir, out of the user's reach.
+func removeMoved(pg *devenv.Postgres, dir string) error {
+	if strings.HasPrefix(pg.Dir, dir+string(filepath.Separator)) {
+		return nil
+	}
+	return os.RemoveAll(pg.Dir)
 }
 
 // answers reports whether something accepts TCP connections at addr.
