@@ -231,7 +231,8 @@ func TestDevRecoversStalePIDFile(t *testing.T) {
 	require.NoError(t, d.stop(t))
 }
 
-// tally dev --citus: a coordinator and two workers, the demo data, and every node stopped cleanly on Ctrl-C; a second start finds the cluster again.
+// tally dev --citus: a coordinator and two workers, the users' shards on both workers, the
+// demo data, and every node stopped cleanly on Ctrl-C; a second start finds the cluster again.
 func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
 	pgtest.RequireCitus(t)
 	t.Parallel()
@@ -248,10 +249,13 @@ func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
 	coordinator := "postgres://postgres@127.0.0.1:" + strconv.Itoa(postmasterPort(t, clusters["coordinator"])) + "/tally?sslmode=disable"
 	conn, err := pgx.Connect(context.Background(), coordinator)
 	require.NoError(t, err)
-	var workers int
+	var workers, nodesWithUsers int
 	require.NoError(t, conn.QueryRow(context.Background(),
 		"SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive").Scan(&workers))
 	require.Equal(t, 2, workers)
+	require.NoError(t, conn.QueryRow(context.Background(),
+		"SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'users'::regclass").Scan(&nodesWithUsers))
+	require.Equal(t, 2, nodesWithUsers, "users are distributed over both workers")
 	require.NoError(t, conn.Close(context.Background()))
 
 	pids := map[string]int{}
