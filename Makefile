@@ -9,7 +9,7 @@ GOBIN := $(CURDIR)/bin
 # The version tally_build_info reports: the git tag or commit, -dirty with local changes.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build run test lint openapi-lint gotest acceptance fuzz bench chaos chaos-failover chaos-instances clean
+.PHONY: build run test test-citus citus-tests lint openapi-lint gotest acceptance fuzz bench chaos chaos-failover chaos-instances clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-X main.version=$(VERSION)" -o bin/tally ./cmd/tally
@@ -22,6 +22,26 @@ run: build
 # answers on 127.0.0.1:5432 and :4222, and stops them at the end.
 test: lint
 	$(GO) run ./internal/testenv -python /usr/bin/python3 -- $(MAKE) --no-print-directory gotest acceptance
+
+# tally on a private Citus cluster of a coordinator and two workers, which internal/testenv
+# starts from the local PostgreSQL with Citus (../shared/vendor/citus/build.sh, or Citus's
+# packages) and stops at the end. TALLY_REQUIRE_CITUS=1 makes every Citus test fail rather
+# than skip when Citus or the cluster is missing.
+test-citus: build
+	TALLY_REQUIRE_CITUS=1 $(GO) run ./internal/testenv -citus 2 -python /usr/bin/python3 -- $(MAKE) --no-print-directory citus-tests
+
+# The store's tests (write path, reads, concurrency on two pools) on a distributed database,
+# the plans of every request, the cluster harness, the HTTP race across two instances, then
+# the acceptance suite against two instances of bin/tally on the coordinator, followed by a
+# load on both instances that tally bench --verify audits. Write batching is off on Citus,
+# so the batcher's own tests (batch_test.go) are not among them.
+CITUS_POSTGRES_TESTS := $(shell grep -ho '^func Test[A-Za-z0-9_]*' postgres/store_test.go postgres/users_test.go postgres/citus_test.go postgres/dberr_test.go | sed 's/func //' | paste -sd'|')
+citus-tests:
+	$(GO) test -race -count=1 -timeout 15m -parallel 4 -run '^($(CITUS_POSTGRES_TESTS))$$' ./postgres
+	$(GO) test -race -count=1 -timeout 10m -run 'Citus' ./internal/devenv
+	$(GO) test -race -count=1 -timeout 10m -run '^TestCreateUserRaceAcrossReplicas$$' ./httpapi
+	ACCEPTANCE_INSTANCES=2 ACCEPTANCE_THEN='bin/tally bench --url "$$TALLY_URLS" --database-url "$$DATABASE_URL" --users 50 --workers 8 --duration 10s --verify' \
+		./acceptance/run.sh
 
 $(GOBIN)/golangci-lint-$(GOLANGCI_VERSION):
 	GOBIN=$(GOBIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)

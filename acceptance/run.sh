@@ -9,6 +9,8 @@
 #                      suite sends each request to the next (TALLY_URLS); the others take free ports
 #   TEST_CITUS_WORKER_URLS  the workers' admin URLs, comma-separated, when TEST_DATABASE_URL is
 #                      a Citus coordinator: the database is made on every node and distributed
+#   ACCEPTANCE_THEN    a command run after the suite passed, with the servers still up and
+#                      DATABASE_URL and TALLY_URLS set (make test-citus runs tally bench --verify)
 #   extra arguments    passed to pytest, e.g. ./acceptance/run.sh -k idempotency
 set -euo pipefail
 
@@ -134,6 +136,9 @@ PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m pytest -q -p no:cacheprovider acceptance 
 if [[ $status -eq 5 ]]; then
 	echo "acceptance: pytest collected no tests" >&2
 	status=1
+fi
+if [[ $status -eq 0 && -n "${ACCEPTANCE_THEN:-}" ]]; then
+	DATABASE_URL="$db_url" bash -c "$ACCEPTANCE_THEN" || status=$?
 fi
 if [[ $status -ne 0 ]]; then
 	for i in "${!ports[@]}"; do

@@ -286,6 +286,9 @@ func dbErr(err error) error {
 		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0") || pgErr.Code == "53300" || pgErr.Code == readOnlyTransaction {
 			return ledger.Unavailable(err)
 		}
+		if pgErr.Code == "XX000" && citusLostWorker(pgErr.Message) {
+			return ledger.Unavailable(err)
+		}
 		return err
 	}
 	var connectErr *pgconn.ConnectError
@@ -294,6 +297,20 @@ func dbErr(err error) error {
 		return ledger.Unavailable(err)
 	}
 	return err
+}
+
+// citusLostWorker reports whether a Citus coordinator's error says that it lost or cannot
+// reach a worker. Citus gives most of these class 08 (connection_failure), as "connection to
+// the remote node ... failed" or "could not establish any connections to the node ...", but
+// a connection lost inside a transaction as "failure on connection marked as essential",
+// with SQLSTATE XX000; the messages are Citus's own and not translated.
+func citusLostWorker(message string) bool {
+	for _, prefix := range []string{"failure on connection marked as essential", "connection to the remote node", "could not establish any connections to the node"} {
+		if strings.HasPrefix(message, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // readOnlyTransaction is SQLSTATE read_only_sql_transaction.

@@ -66,3 +66,47 @@ func MigrateFiles(ctx context.Context, databaseURL string, fsys fs.FS, lockTimeo
 	}
 	return migrate(ctx, databaseURL, ms, lockTimeout)
 }
+
+// Statement is one SQL statement a request runs, with arguments.
+type Statement struct {
+	Name string
+	SQL  string
+	Args []any
+}
+
+// RoutedStatements lists every statement the requests run on Citus, with arguments for user
+// userID, transaction uid, user creation key and instant at.
+func RoutedStatements(userID int64, uid uuid.UUID, key string, at time.Time) []Statement {
+	now := time.Now().UTC()
+	after := ledger.Amount(100)
+	var history []Statement
+	for _, status := range []ledger.HistoryStatus{ledger.HistoryApplied, ledger.HistoryRejected, ledger.HistoryAll} {
+		sql, args := historySQL(ledger.HistoryQuery{UserID: userID, Status: status, From: &at, To: &now,
+			After: &ledger.Cursor{Time: at, Seq: 1}, Limit: 10})
+		history = append(history, Statement{"history " + string(status), sql, args})
+	}
+	return append([]Statement{
+		{"create user: insert", insertUserSQL, []any{"petya"}},
+		{"create user: event", insertEventSQL, []any{uuid.New(), userID, 1, "user.created", "{}"}},
+		{"create user once: find key", findUserRequestSQL, []any{key}},
+		{"create user once: store key", insertUserRequestSQL, []any{key, "petya", userID, 201, []byte("{}")}},
+		{"write: lock user", lockUserRowSQL, []any{userID}},
+		{"write: find uid of user", findUserUIDSQL, []any{userID, uid}},
+		{"write: find uid's owner", findUIDOwnerSQL, []any{uid}},
+		{"write: back-dated state", backDatedStateSQL, []any{userID, at}},
+		{"write: shift later balances", shiftLaterSQL, []any{userID, at, 5}},
+		{"write: store uid", insertUIDSQL, []any{uid, userID}},
+		{"write: store transaction", insertTransactionSQL, []any{uid, userID, 1, "DEPOSIT", 100, at, true, "APPLIED",
+			nil, &after, 200, []byte("{}"), now}},
+		{"write: store event", insertEventSQL, []any{uuid.New(), userID, 2, "transaction.applied", "{}"}},
+		{"write: update user", updateUserSQL, []any{userID, 100, 1, at, 2}},
+		{"balance", userSQL, []any{userID}},
+		{"dated balance", userAtSQL, []any{userID, at}},
+		{"history: user exists", userExistsSQL, []any{userID}},
+		{"transaction: uid's owner", findUIDOwnerSQL, []any{uid}},
+		{"transaction: read", userTransactionSQL, []any{userID, uid}},
+	}, history...)
+}
+
+// DBErr is dbErr, for tests of how errors are classified.
+var DBErr = dbErr

@@ -31,11 +31,16 @@ func (db *DB) CreateUserOnce(ctx context.Context, key, name string, render func(
 	return retry(ctx, true, func() (ledger.UserOutcome, error) { return db.createUserOnce(ctx, key, name, render) })
 }
 
+const (
+	findUserRequestSQL   = "SELECT name, user_id, response_status, response_body FROM user_requests WHERE key = $1"
+	insertUserRequestSQL = "INSERT INTO user_requests (key, name, user_id, response_status, response_body) VALUES ($1, $2, $3, $4, $5)"
+)
+
 // createUserOnce is one attempt, in one transaction.
 func (db *DB) createUserOnce(ctx context.Context, key, name string, render func(ledger.User) ledger.Reply) (out ledger.UserOutcome, err error) {
 	err = db.runTx(ctx, func(tx pgx.Tx) error {
 		var storedName string
-		err := tx.QueryRow(ctx, "SELECT name, user_id, response_status, response_body FROM user_requests WHERE key = $1", key).
+		err := tx.QueryRow(ctx, findUserRequestSQL, key).
 			Scan(&storedName, &out.User.ID, &out.Reply.Status, &out.Reply.Body)
 		switch {
 		case err == nil:
@@ -52,19 +57,18 @@ func (db *DB) createUserOnce(ctx context.Context, key, name string, render func(
 			return err
 		}
 		out.Reply = render(out.User)
-		_, err = tx.Exec(ctx, `INSERT INTO user_requests (key, name, user_id, response_status, response_body)
-			VALUES ($1, $2, $3, $4, $5)`, key, name, out.User.ID, out.Reply.Status, out.Reply.Body)
+		_, err = tx.Exec(ctx, insertUserRequestSQL, key, name, out.User.ID, out.Reply.Status, out.Reply.Body)
 		return err
 	})
 	return out, err
 }
 
+const insertUserSQL = "INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at"
+
 // insertUser stores a user with a zero balance and its user.created event, inside tx.
 func (db *DB) insertUser(ctx context.Context, tx pgx.Tx, name string) (ledger.User, error) {
 	u := ledger.User{Name: name}
-	err := tx.QueryRow(ctx,
-		"INSERT INTO users (name, event_seq) VALUES ($1, 1) RETURNING id, created_at", name,
-	).Scan(&u.ID, &u.CreatedAt)
+	err := tx.QueryRow(ctx, insertUserSQL, name).Scan(&u.ID, &u.CreatedAt)
 	if err != nil {
 		return u, err
 	}
@@ -74,12 +78,12 @@ func (db *DB) insertUser(ctx context.Context, tx pgx.Tx, name string) (ledger.Us
 	return u, err
 }
 
+const userSQL = "SELECT id, name, balance, created_at FROM users WHERE id = $1"
+
 // User returns a user with its current balance.
 func (db *DB) User(ctx context.Context, id int64) (u ledger.User, err error) {
 	defer func() { err = dbErr(err) }()
-	err = db.pool.QueryRow(ctx,
-		"SELECT id, name, balance, created_at FROM users WHERE id = $1", id,
-	).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
+	err = db.pool.QueryRow(ctx, userSQL, id).Scan(&u.ID, &u.Name, &u.Balance, &u.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return u, ledger.NotFound("user %d does not exist", id)
 	}
@@ -117,6 +121,9 @@ func scanTransaction(row pgx.Row, extra ...any) (ledger.Transaction, error) {
 	return t, err
 }
 
+// userTransactionSQL reads a user's transaction by uid.
+const userTransactionSQL = "SELECT " + txColumns + " FROM transactions WHERE user_id = $1 AND uid = $2"
+
 // Transaction returns the stored transaction with this uid. On Citus the uid's user is read
 // first from transaction_uids, so that each of the two queries reaches one shard.
 func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (t ledger.Transaction, err error) {
@@ -129,7 +136,7 @@ func (db *DB) Transaction(ctx context.Context, uid uuid.UUID) (t ledger.Transact
 		var userID int64
 		err = db.pool.QueryRow(ctx, findUIDOwnerSQL, uid).Scan(&userID)
 		if err == nil {
-			t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE user_id = $1 AND uid = $2", userID, uid))
+			t, err = scanTransaction(db.pool.QueryRow(ctx, userTransactionSQL, userID, uid))
 		}
 	} else {
 		t, err = scanTransaction(db.pool.QueryRow(ctx, "SELECT "+txColumns+" FROM transactions WHERE uid = $1", uid))

@@ -168,8 +168,9 @@ END $$;
 		fmt.Fprintf(&b, "    (%d, %s, %d, %d, %s, %d, %s)%s\n", r.user.ID, sqlText(r.user.Name), r.user.Balance,
 			r.state.LastSeq, sqlTime(r.state.LastTime), r.eventSeq, sqlTime(r.user.CreatedAt), separator(i, len(records)))
 	}
-	// New users continue after the demo's ids.
-	fmt.Fprintf(&b, "ALTER TABLE users ALTER COLUMN id RESTART WITH %d;\n", len(records)+1)
+	// New users continue after the demo's ids. setval rather than ALTER ... RESTART, which Citus
+	// refuses on a distributed table; its inserts draw from the coordinator's sequence.
+	fmt.Fprintf(&b, "DO $$ BEGIN PERFORM setval(pg_get_serial_sequence('users', 'id'), %d, false); END $$;\n", len(records)+1)
 
 	for _, r := range records {
 		fmt.Fprintf(&b, "\n-- %s: %d transactions\n", r.user.Name, len(r.rows))
@@ -198,6 +199,10 @@ END $$;
 	fmt.Fprintf(&b, "\n-- Every event names this database as its source, as tally serve does by default.\n"+
 		"UPDATE outbox SET event = replace(event::text, %s, '\"source\":' || to_json((%s))::text)::json;\n",
 		sqlText(`"source":"`+postgres.DefaultEventSource+`"`), postgres.DatabaseEventSourceSQL)
+	// On Citus a uid is unique across users through transaction_uids (migration 0008).
+	b.WriteString("\n-- On Citus each uid is also kept in transaction_uids, which makes it unique across users.\n" +
+		"DO $$ BEGIN\n    IF to_regclass('transaction_uids') IS NOT NULL THEN\n" +
+		"        INSERT INTO transaction_uids (uid, user_id) SELECT uid, user_id FROM transactions;\n    END IF;\nEND $$;\n")
 	b.WriteString("\nCOMMIT;\n")
 	return b.Bytes(), nil
 }

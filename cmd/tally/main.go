@@ -283,6 +283,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		return err
 	}
 	defer db.Close()
+	if distributed, err := db.Distributed(ctx); err == nil && distributed {
+		log.Info("the database is distributed by Citus: write batching is off, each request is recorded alone")
+	}
 	reg := newRegistry()
 	reg.MustRegister(db.PoolCollector(), db.WriteCollector())
 	var store httpapi.Store = db

@@ -43,6 +43,9 @@ BEGIN
     PERFORM create_distributed_table('outbox', 'user_id', colocate_with => 'users');
     PERFORM create_distributed_table('transaction_uids', 'uid');
     PERFORM create_distributed_table('user_requests', 'key');
+    -- The rows were copied to the shards; the coordinator's own copies are unreachable now.
+    PERFORM truncate_local_data_after_distributing_table(t)
+        FROM unnest(ARRAY['users', 'transactions', 'outbox', 'transaction_uids', 'user_requests']::regclass[]) AS t;
     -- relay_cursor, outbox_pruned and schema_migrations stay local tables on the
     -- coordinator: each is a row or a few, read and written only through the coordinator
     -- and never joined to a distributed table, so nothing gains from copies on the workers.
