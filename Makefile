@@ -31,7 +31,9 @@ test-citus: build
 	TALLY_REQUIRE_CITUS=1 $(GO) run ./internal/testenv -citus 2 -python /usr/bin/python3 -- $(MAKE) --no-print-directory citus-tests
 
 # The store's tests (write path, reads, concurrency on two pools) on a distributed database,
-# the plans of every request, the cluster harness, the HTTP race across two instances, then
+# the plans of every request, the cluster harness, the HTTP race across two instances, tally
+# dev --citus and the fault runs (a rebalance onto a new worker and a killed worker, each
+# under load on private clusters of their own), then
 # the acceptance suite against two instances of bin/tally on the coordinator, followed by a
 # load on both instances that tally bench --verify audits. Write batching is off on Citus,
 # so the batcher's own tests (batch_test.go) are not among them.
@@ -40,6 +42,7 @@ citus-tests:
 	$(GO) test -race -count=1 -timeout 15m -parallel 4 -run '^($(CITUS_POSTGRES_TESTS))$$' ./postgres
 	$(GO) test -race -count=1 -timeout 10m -run 'Citus' ./internal/devenv
 	$(GO) test -race -count=1 -timeout 10m -run '^TestCreateUserRaceAcrossReplicas$$' ./httpapi
+	$(GO) test -race -count=1 -timeout 15m -run 'Citus' ./cmd/tally
 	ACCEPTANCE_INSTANCES=2 ACCEPTANCE_THEN='bin/tally bench --url "$$TALLY_URLS" --database-url "$$DATABASE_URL" --users 50 --workers 8 --duration 10s --verify' \
 		./acceptance/run.sh
 
