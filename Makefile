@@ -32,7 +32,9 @@ test-citus: build
 
 # The store's tests (write path, reads, concurrency on two pools) on a distributed database,
 # the plans of every request, the cluster harness, the HTTP race across two instances, the
-# per-user event feed and the relay by slices (restarts, two relays, shard moves), then
+# per-user event feed and the relay by slices (restarts, two relays, shard moves), tally dev
+# --citus and the fault runs (a rebalance onto a new worker and a killed worker, each under
+# load on private clusters of their own), then
 # the acceptance suite against two instances of bin/tally on the coordinator, followed by a
 # load on both instances that tally bench --verify audits. Write batching is off on Citus,
 # so the batcher's own tests (batch_test.go) are not among them.
@@ -42,6 +44,7 @@ citus-tests:
 	$(GO) test -race -count=1 -timeout 10m -run 'Citus' ./internal/devenv
 	$(GO) test -race -count=1 -timeout 10m -run '^(TestCreateUserRaceAcrossReplicas|TestCitus.*)$$' ./httpapi
 	$(GO) test -race -count=1 -timeout 15m -run '^TestCitus' ./relay
+	$(GO) test -race -count=1 -timeout 15m -run 'Citus' ./cmd/tally
 	ACCEPTANCE_INSTANCES=2 ACCEPTANCE_THEN='bin/tally bench --url "$$TALLY_URLS" --database-url "$$DATABASE_URL" --users 50 --workers 8 --duration 10s --verify' \
 		./acceptance/run.sh
 
@@ -117,7 +120,7 @@ clean:
 	rm -rf bin .data
 
 # The container and Kubernetes manifests alone: the compose file loads with the Compose
-# Specification's own loader and both kustomize overlays render and pass deploy/'s checks
+# Specification's own loader and every kustomize overlay renders and pass deploy/'s checks
 # (both run in-process in that test; `make test` runs it too). To read a
 # rendering: `go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 build deploy/k8s/overlays/prod`.
 .PHONY: manifests

@@ -23,10 +23,14 @@ func composeProject(t *testing.T) *types.Project {
 }
 
 // serviceRunning returns the service whose command starts with the given tally subcommand or
-// program.
+// program, outside the citus profile: that profile runs the same programs against a Citus
+// cluster, and compose_citus_test.go checks it.
 func serviceRunning(t *testing.T, p *types.Project, program string) (string, types.ServiceConfig) {
 	t.Helper()
 	for name, s := range p.Services {
+		if slices.Contains(s.Profiles, "citus") {
+			continue
+		}
 		if len(s.Command) > 0 && s.Command[0] == program {
 			return name, s
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -39,9 +40,13 @@ var overlays = []struct {
 	hpaMax         int32
 	alerts         bool // dev pages no one and drops the PrometheusRule and the Probe
 	tokensRequired bool // the API does not start without TALLY_TOKENS
+	// egress is what each workload may reach: wantEgress, or wantEgressManaged for a
+	// database outside the cluster.
+	egress map[string][]egressPeer
 }{
-	{name: "dev", namespace: "tally-dev", hpaMin: 1, hpaMax: 2},
-	{name: "prod", namespace: "tally", hpaMin: 3, hpaMax: 10, alerts: true, tokensRequired: true},
+	{name: "dev", namespace: "tally-dev", hpaMin: 1, hpaMax: 2, egress: wantEgress},
+	{name: "prod", namespace: "tally", hpaMin: 3, hpaMax: 10, alerts: true, tokensRequired: true, egress: wantEgress},
+	{name: "azure-citus", namespace: "tally", hpaMin: 3, hpaMax: 10, alerts: true, tokensRequired: true, egress: wantEgressManaged},
 }
 
 // The alerts docs/operations.md has a runbook for, by name and anchor.
@@ -68,10 +73,12 @@ const runbookPrefix = "https://github.com/tally-ledger/tally/blob/main/docs/oper
 const prometheusRelease = "kube-prometheus-stack"
 
 // egressPeer is a destination a tally pod may open connections to, by the labels its pods
-// carry, with the ports it may use there.
+// carry or, for a service outside the cluster, by its one address, with the ports it may use
+// there.
 type egressPeer struct {
 	namespace map[string]string // nil: the pod's own namespace; empty: any namespace
 	pods      map[string]string
+	address   bool // an ipBlock of a single address instead of pods
 	ports     []string
 }
 
@@ -90,6 +97,15 @@ var wantEgress = map[string][]egressPeer{
 	"api":     {postgresPeer, poolerPeer, dnsPeer},
 	"relay":   {postgresPeer, natsPeer, dnsPeer},
 	"migrate": {postgresPeer, dnsPeer},
+}
+
+// A managed Citus cluster (overlays/azure-citus) outside Kubernetes, at its coordinator's
+// private address: the API directly or through the service's PgBouncer, the relay and the
+// migration Job directly.
+var wantEgressManaged = map[string][]egressPeer{
+	"api":     {{address: true, ports: []string{"TCP/5432", "TCP/6432"}}, dnsPeer},
+	"relay":   {{address: true, ports: []string{"TCP/5432"}}, natsPeer, dnsPeer},
+	"migrate": {{address: true, ports: []string{"TCP/5432"}}, dnsPeer},
 }
 
 // The metrics the dashboard must chart (the contract the binary implements).
@@ -269,13 +285,13 @@ func TestOverlays(t *testing.T) {
 			checkAPI(t, m, o.hpaMin, o.hpaMax, o.tokensRequired)
 			checkMigrateJob(t, m)
 			checkDisruptionBudgets(t, m)
-			checkNetworkPolicies(t, m)
+			checkNetworkPolicies(t, m, o.egress)
 			checkServices(t, m)
 			checkDashboard(t, m)
 			if o.name == "prod" {
 				checkPostgres(t, m)
 			} else {
-				require.Empty(t, m.custom, "dev brings its own PostgreSQL")
+				require.Empty(t, m.custom, "%s brings its own PostgreSQL", o.name)
 			}
 			if o.alerts {
 				checkAlerts(t, m, anchors)
@@ -507,10 +523,10 @@ var apiCallers = []networkingv1.NetworkPolicyPeer{
 }
 
 // checkNetworkPolicies requires every pod to be fenced in both ways: egress only to the
-// destinations its workload needs (wantEgress), named by their labels rather than open to any
-// address; the API's port open only to apiCallers, the metrics port only to the monitoring
-// namespace.
-func checkNetworkPolicies(t *testing.T, m manifests) {
+// destinations its workload needs (wantEgress), named by their labels or a single address
+// rather than open to a range; the API's port open only to apiCallers, the metrics port only
+// to the monitoring namespace.
+func checkNetworkPolicies(t *testing.T, m manifests, wantEgress map[string][]egressPeer) {
 	for _, np := range m.networkPolicies {
 		require.Contains(t, np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress, np.Name)
 		require.Contains(t, np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress, np.Name)
@@ -522,7 +538,6 @@ func checkNetworkPolicies(t *testing.T, m manifests) {
 			require.NotEmpty(t, rule.To, "%s: an egress rule without destinations allows every address", np.Name)
 			require.NotEmpty(t, rule.Ports, "%s: an egress rule without ports allows every port", np.Name)
 			for _, peer := range rule.To {
-				require.Nil(t, peer.IPBlock, "%s: egress names its destinations by label", np.Name)
 				i := slices.IndexFunc(want, func(w egressPeer) bool { return peerIs(peer, w) })
 				require.NotEqual(t, -1, i, "%s: egress to %s, which %s does not need", np.Name, peerString(peer), component)
 				for _, p := range rule.Ports {
@@ -573,9 +588,17 @@ func checkNetworkPolicies(t *testing.T, m manifests) {
 	}
 }
 
-// peerIs says whether a NetworkPolicy peer selects exactly the pods w names.
+// peerIs says whether a NetworkPolicy peer selects exactly the pods w names, or for an address
+// peer, one address and nothing else.
 func peerIs(peer networkingv1.NetworkPolicyPeer, w egressPeer) bool {
-	if peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 || !maps.Equal(peer.PodSelector.MatchLabels, w.pods) {
+	if w.address {
+		if peer.IPBlock == nil || len(peer.IPBlock.Except) > 0 || peer.PodSelector != nil || peer.NamespaceSelector != nil {
+			return false
+		}
+		prefix, err := netip.ParsePrefix(peer.IPBlock.CIDR)
+		return err == nil && prefix.IsSingleIP()
+	}
+	if peer.IPBlock != nil || peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 || !maps.Equal(peer.PodSelector.MatchLabels, w.pods) {
 		return false
 	}
 	switch {

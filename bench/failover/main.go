@@ -17,9 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -116,7 +114,7 @@ func run(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		stopServe, err := start(ctx, tally, filepath.Join(o.out, fmt.Sprintf("serve-%d.log", i)),
+		stopServe, err := devenv.StartTally(ctx, tally, filepath.Join(o.out, fmt.Sprintf("serve-%d.log", i)),
 			append(env, "PORT="+strconv.Itoa(port)), "serve")
 		if err != nil {
 			return err
@@ -124,13 +122,13 @@ func run(ctx context.Context, args []string) error {
 		defer stopServe()
 		apis = append(apis, "http://127.0.0.1:"+strconv.Itoa(port))
 	}
-	stopRelay, err := start(ctx, tally, filepath.Join(o.out, "relay.log"), env, "relay")
+	stopRelay, err := devenv.StartTally(ctx, tally, filepath.Join(o.out, "relay.log"), env, "relay")
 	if err != nil {
 		return err
 	}
 	defer stopRelay()
 	for _, api := range apis {
-		if err := waitReady(ctx, api); err != nil {
+		if err := devenv.WaitReady(ctx, api); err != nil {
 			return err
 		}
 	}
@@ -230,46 +228,6 @@ func summarize(res *bench.Results, replication string) string {
 	return fmt.Sprintf("replication=%s requests=%d acknowledged_writes=%d without_answer=%d failed=%d retried_attempts=%d stall_s=%.1f violations: %s",
 		replication, res.Requests, res.Writes.Applied+res.Writes.Refused, res.Writes.Unknown, res.Errors, retried, stall,
 		strings.Join(found, "; "))
-}
-
-// start runs `tally <command>` with env, its output in logPath, until the returned function
-// stops it with SIGTERM.
-func start(ctx context.Context, tally, logPath string, env []string, command string) (func(), error) {
-	out, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(context.WithoutCancel(ctx), tally, command)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		out.Close() //nolint:errcheck // nothing was written
-		return nil, err
-	}
-	return func() {
-		cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck // it may have exited
-		cmd.Wait()                          //nolint:errcheck // its log says how it ended
-		out.Close()                         //nolint:errcheck // nothing is left to write
-	}, nil
-}
-
-// waitReady waits up to 30 seconds for the API's readiness.
-func waitReady(ctx context.Context, base string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close() //nolint:errcheck // only the status matters
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("%s was not ready within 30s", base)
 }
 
 // waitNonEmpty waits until the bench reports its first second of progress, which it does once

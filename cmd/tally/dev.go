@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/tally-ledger/tally/internal/devenv"
 	"github.com/tally-ledger/tally/postgres"
@@ -33,6 +36,63 @@ func dev(ctx context.Context, cfg config, log *slog.Logger, stderr io.Writer) er
 		err = nil // stopped with Ctrl-C while migrating or loading the demo
 	}
 	return errors.Join(err, pg.Stop(log))
+}
+
+// devCitusWorkers is how many workers `tally dev --citus` starts: two, so that shards and
+// the two-phase commits between them are real.
+const devCitusWorkers = 2
+
+// devCitus runs the API like dev, on a local Citus cluster kept in cfg.devDataDir/citus: a
+// coordinator, which tally connects to, and two workers.
+func devCitus(ctx context.Context, cfg config, log *slog.Logger, stderr io.Writer) error {
+	if cfg.databaseURL != "" {
+		return errors.New("dev --citus starts its own cluster: unset DATABASE_URL, or run tally dev without --citus on it")
+	}
+	c, err := devenv.StartCitus(ctx, filepath.Join(cfg.devDataDir, "citus"), devCitusWorkers, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped with Ctrl-C while starting
+		}
+		return err
+	}
+	cfg.databaseURL = c.Coordinator.URL
+	names := map[*devenv.Postgres]string{c.Coordinator: "the coordinator"}
+	nodes := []*devenv.Postgres{c.Coordinator}
+	ports := make([]string, len(c.Workers))
+	for i, w := range c.Workers {
+		names[w] = fmt.Sprintf("worker %d (port %d)", i+1, w.Port)
+		nodes = append(nodes, w)
+		ports[i] = strconv.Itoa(w.Port)
+	}
+	where := fmt.Sprintf("Citus: coordinator on port %d (data in %s/), workers on ports %s",
+		c.Coordinator.Port, c.Coordinator.Dir, strings.Join(ports, " and "))
+	err = devServe(ctx, cfg, log, stderr, where, anyExited(nodes))
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	// Stop skips nodes that have exited; asked alone, such a node says how it ended.
+	errs := []error{err}
+	for _, pg := range nodes {
+		select {
+		case <-pg.Exited():
+			errs = append(errs, fmt.Errorf("citus %s: %w", names[pg], pg.Stop(log)))
+		default:
+		}
+	}
+	return errors.Join(append(errs, c.Stop(log))...)
+}
+
+// anyExited is closed when the first of the servers exits.
+func anyExited(servers []*devenv.Postgres) <-chan struct{} {
+	exited := make(chan struct{})
+	var once sync.Once
+	for _, pg := range servers {
+		go func() {
+			<-pg.Exited()
+			once.Do(func() { close(exited) })
+		}()
+	}
+	return exited
 }
 
 // devServe migrates, loads the demo into a database without users, and serves until ctx

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/internal/devenv"
@@ -30,7 +31,8 @@ type devRun struct {
 	cancel context.CancelFunc
 }
 
-func startDev(t *testing.T, env map[string]string) *devRun {
+// startDev runs "tally dev" with args and waits until it serves.
+func startDev(t *testing.T, env map[string]string, args ...string) *devRun {
 	t.Helper()
 	port, err := devenv.FreePort(context.Background())
 	require.NoError(t, err)
@@ -40,7 +42,7 @@ func startDev(t *testing.T, env map[string]string) *devRun {
 	d := &devRun{base: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: &syncBuffer{}, done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(d.done)
-		d.err = run(ctx, []string{"dev"}, func(k string) string { return env[k] }, io.Discard, d.stderr)
+		d.err = run(ctx, append([]string{"dev"}, args...), func(k string) string { return env[k] }, io.Discard, d.stderr)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -99,6 +101,16 @@ func requireVasya(t *testing.T, base string) {
 	require.Equal(t, "Vasya", user.Name)
 }
 
+// requireDemoLoadedOnce checks that a restart on kept data did not load the demo again: the
+// demo has four users, so a second load would have made a fifth.
+func requireDemoLoadedOnce(t *testing.T, base string) {
+	t.Helper()
+	resp, err := http.Get(base + "/v1/user/5")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "the demo must not be loaded twice")
+}
+
 // reachableTempDir is a temporary directory that PostgreSQL, run as another user when the
 // tests run as root, can reach: t.TempDir and its parent are private to the owner.
 func reachableTempDir(t *testing.T) string {
@@ -133,10 +145,7 @@ func TestDevStartsPrivatePostgresWithDemoData(t *testing.T) {
 	t.Run("a second start reuses the data", func(t *testing.T) {
 		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
 		requireVasya(t, d.base)
-		resp, err := http.Get(d.base + "/v1/user/5")
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusNotFound, resp.StatusCode, "the demo must not be loaded twice")
+		requireDemoLoadedOnce(t, d.base)
 		require.NoError(t, d.stop(t))
 	})
 
@@ -181,10 +190,7 @@ func TestDevMovesClusterOutOfUnreachableDataDir(t *testing.T) {
 
 	d = startDev(t, env)
 	require.Equal(t, cluster, dataDirIn(t, d.stderr.String()), "the next start finds the cluster again")
-	resp, err := http.Get(d.base + "/v1/user/5")
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusNotFound, resp.StatusCode, "the data was kept, so the demo is not loaded twice")
+	requireDemoLoadedOnce(t, d.base)
 	require.NoError(t, d.stop(t))
 }
 
@@ -223,4 +229,83 @@ func TestDevRecoversStalePIDFile(t *testing.T) {
 	d = startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
 	requireVasya(t, d.base)
 	require.NoError(t, d.stop(t))
+}
+
+// tally dev --citus: a coordinator and two workers, the users' shards on both workers, the
+// demo data, and every node stopped cleanly on Ctrl-C; a second start finds the cluster again.
+func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
+	pgtest.RequireCitus(t)
+	t.Parallel()
+	dataDir := filepath.Join(reachableTempDir(t), ".data")
+	clusters := map[string]string{}
+	for _, node := range []string{"coordinator", "worker1", "worker2"} {
+		clusters[node] = filepath.Join(dataDir, "citus", node, "postgres")
+	}
+	d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir}, "--citus")
+	requireVasya(t, d.base)
+	require.Contains(t, d.stderr.String(), "Citus: coordinator on port")
+	require.Contains(t, d.stderr.String(), "data in "+clusters["coordinator"]+"/")
+
+	coordinator := "postgres://postgres@127.0.0.1:" + strconv.Itoa(postmasterPort(t, clusters["coordinator"])) + "/tally?sslmode=disable"
+	conn, err := pgx.Connect(context.Background(), coordinator)
+	require.NoError(t, err)
+	var workers, nodesWithUsers int
+	require.NoError(t, conn.QueryRow(context.Background(),
+		"SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive").Scan(&workers))
+	require.Equal(t, 2, workers)
+	require.NoError(t, conn.QueryRow(context.Background(),
+		"SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'users'::regclass").Scan(&nodesWithUsers))
+	require.Equal(t, 2, nodesWithUsers, "users are distributed over both workers")
+	require.NoError(t, conn.Close(context.Background()))
+
+	pids := map[string]int{}
+	for node, cluster := range clusters {
+		pids[node] = postmasterPID(t, cluster)
+	}
+	require.NoError(t, d.stop(t))
+	for node, cluster := range clusters {
+		require.NoFileExists(t, filepath.Join(cluster, "postmaster.pid"), "%s was not shut down cleanly", node)
+		require.ErrorIs(t, syscall.Kill(pids[node], 0), syscall.ESRCH, "%s (pid %d) still runs", node, pids[node])
+	}
+
+	t.Run("a second start reuses the cluster", func(t *testing.T) {
+		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir}, "--citus")
+		requireVasya(t, d.base)
+		requireDemoLoadedOnce(t, d.base)
+		require.NoError(t, d.stop(t))
+	})
+
+	t.Run("a worker dying is an error", func(t *testing.T) {
+		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir}, "--citus")
+		require.NoError(t, syscall.Kill(postmasterPID(t, clusters["worker2"]), syscall.SIGQUIT))
+		select {
+		case <-d.done:
+			require.ErrorContains(t, d.err, "citus worker 2")
+			require.ErrorContains(t, d.err, "PostgreSQL stopped unexpectedly")
+		case <-time.After(30 * time.Second):
+			t.Fatal("tally dev --citus kept running without a worker")
+		}
+		for node, cluster := range clusters {
+			require.NoFileExists(t, filepath.Join(cluster, "postmaster.pid"), "%s still runs", node)
+		}
+	})
+}
+
+func TestDevCitusRefusesDatabaseURL(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"dev", "--citus"},
+		func(k string) string { return map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/x"}[k] }, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "unset DATABASE_URL")
+}
+
+// postmasterPort reads the port a running PostgreSQL listens on from postmaster.pid.
+func postmasterPort(t *testing.T, cluster string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cluster, "postmaster.pid"))
+	require.NoError(t, err, "a running PostgreSQL keeps postmaster.pid")
+	lines := strings.Split(string(b), "\n")
+	require.Greater(t, len(lines), 3, string(b))
+	port, err := strconv.Atoi(strings.TrimSpace(lines[3]))
+	require.NoError(t, err)
+	return port
 }

@@ -44,7 +44,8 @@ commands:
   relay     publish the outbox to NATS JetStream (DATABASE_URL, NATS_URL, NATS_CREDS or NATS_USER and
             NATS_PASSWORD, NATS_STREAM, NATS_STREAM_REPLICAS, NATS_SUBJECT_PREFIX; see docs/operations.md)
   migrate   apply database migrations (DATABASE_URL)
-  dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed
+  dev       run the API with a private PostgreSQL in .data/ and demo data; no setup needed;
+            --citus: on a local Citus cluster (a coordinator and two workers) in .data/citus/
   demo      load the demo data (DATABASE_URL); --sql prints it as SQL instead (sql_data/demo.sql)
   bench     load the API and report latencies; --verify audits the result (tally bench -h)
 `
@@ -94,6 +95,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("migrations applied", "applied", applied, "schema_version", postgres.SchemaVersion())
 		return nil
 	case "dev":
+		flags := flag.NewFlagSet("dev", flag.ContinueOnError)
+		flags.SetOutput(stderr)
+		citus := flags.Bool("citus", false, "start a local Citus cluster (a coordinator and two workers) instead of one PostgreSQL")
+		if err := flags.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *citus {
+			return devCitus(ctx, cfg, log, stderr)
+		}
 		return dev(ctx, cfg, log, stderr)
 	case "demo":
 		return runDemo(ctx, cfg, args[1:], log, stdout, stderr)

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/bench"
+	"github.com/tally-ledger/tally/internal/devenv"
+	"github.com/tally-ledger/tally/internal/pgtest"
+	"github.com/tally-ledger/tally/postgres"
+)
+
+// citusUnderLoad is a migrated Citus cluster of a coordinator and two workers with two tally
+// instances on the coordinator, as in production.
+type citusUnderLoad struct {
+	cluster     *devenv.Citus
+	dir         string
+	log         *slog.Logger
+	coordinator *pgx.Conn
+	a, b        served
+}
+
+func startCitusUnderLoad(ctx context.Context, t *testing.T, source string) *citusUnderLoad {
+	t.Helper()
+	pgtest.RequireCitus(t)
+	c := &citusUnderLoad{dir: reachableTempDir(t), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	var err error
+	c.cluster, err = devenv.StartCitus(ctx, c.dir, 2, c.log)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.cluster.Stop(c.log) }) //nolint:errcheck // a test may have killed a node
+	c.coordinator, err = pgx.Connect(ctx, c.cluster.Coordinator.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.coordinator.Close(context.Background()) }) //nolint:errcheck // nothing to flush
+	// Four shards per table instead of Citus's 32: a shard move takes seconds here (logical
+	// replication's setup and catch-up), and 32 shards in each of three colocation groups
+	// took about four minutes to rebalance from two workers to three. The migration's session
+	// reads the setting when it distributes the tables.
+	_, err = c.coordinator.Exec(ctx, "ALTER DATABASE tally SET citus.shard_count = 4")
+	require.NoError(t, err)
+	_, err = postgres.Migrate(ctx, c.cluster.Coordinator.URL)
+	require.NoError(t, err)
+	env := map[string]string{"DATABASE_URL": c.cluster.Coordinator.URL, "MIGRATE_ON_START": "false", "EVENT_SOURCE": source}
+	c.a, c.b = startServe(ctx, t, env, false), startServe(ctx, t, env, false)
+	return c
+}
+
+// benchArgs are tally bench's arguments for a load on both instances, audited, with its
+// results in out.
+func (c *citusUnderLoad) benchArgs(out string, args ...string) []string {
+	return append([]string{
+		"--url", c.a.base + "," + c.b.base, "--database-url", c.cluster.Coordinator.URL,
+		"--workers", "8", "--users", "40", "--initial", "50.00", "--amount-max", "20.00",
+		"--timeout", "5s", "--verify", "--verify-sample", "20", "--json", out,
+	}, args...)
+}
+
+// load runs tally bench against both instances, with the audit, and returns when its load
+// has begun; the channel receives the bench's error when it has ended.
+func (c *citusUnderLoad) load(ctx context.Context, t *testing.T, out string, benchLog io.Writer, args ...string) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	loadRuns := &firstWrite{c: make(chan struct{})}
+	go func() { done <- bench.Run(ctx, c.benchArgs(out, args...), benchLog, loadRuns) }()
+	// The bench reports progress once its users exist and the load runs: a user creation cut
+	// off by a fault would not be retried (it has no Idempotency-Key).
+	select {
+	case <-loadRuns.c:
+	case err := <-done:
+		t.Fatalf("the bench ended before its load: %v\n%s", err, benchLog)
+	}
+	return done
+}
+
+// readResults requires a clean audit and returns the bench's results.
+func readResults(t *testing.T, out string, benchLog fmt.Stringer) bench.Results {
+	t.Helper()
+	raw, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var res bench.Results
+	require.NoError(t, json.Unmarshal(raw, &res))
+	require.NotNil(t, res.Audit)
+	require.Empty(t, res.Audit.Violations, "%s", benchLog)
+	require.Zero(t, res.Writes.Unknown, "every write ends with an answer, retried across the fault\n%s", benchLog)
+	require.Positive(t, res.Writes.Applied)
+	return res
+}
+
+// requestsBetween counts the bench's requests completed in the seconds from one instant to
+// another.
+func requestsBetween(res bench.Results, from, to time.Time) int64 {
+	var n int64
+	for _, p := range res.Series {
+		at := res.Started.Add(time.Duration(p.T * float64(time.Second)))
+		if !at.Before(from) && !at.After(to) {
+			n += p.Requests
+		}
+	}
+	return n
+}
+
+// shardNode returns the port of the worker that holds the shard of a table distributed by
+// users' ids (users and its colocated tables) or by uids (transaction_uids) for value.
+func shardNode(ctx context.Context, t *testing.T, conn *pgx.Conn, table string, value any) int {
+	t.Helper()
+	sqlType := map[string]string{"users": "bigint", "transaction_uids": "uuid"}[table]
+	require.NotEmpty(t, sqlType, table)
+	var port int
+	require.NoError(t, conn.QueryRow(ctx, `
+		SELECT nodeport FROM citus_shards
+		WHERE shardid = get_shard_id_for_distribution_column($1::regclass, $2::`+sqlType+`)`, table, value).Scan(&port))
+	return port
+}
+
+// Under write load from two tally instances, a third worker joins and the rebalancer moves
+// shards onto it: the audit finds nothing lost, nothing applied twice and no negative balance
+// at any instant, and requests went on while shards moved. One audited run spans both steps,
+// open loop at a rate that leaves the two cores room: a node took 20–40 s to join when the
+// load saturated them, the rebalance 20–30 s.
+func TestCitusRebalanceUnderLoadLosesNothing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := startCitusUnderLoad(ctx, t, "citus-rebalance-test")
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var benchLog strings.Builder
+	benchDone := c.load(ctx, t, out, &benchLog, "--duration", "90s", "--rate", "60", "--attempts", "20")
+
+	third, err := c.cluster.AddWorker(ctx, filepath.Join(c.dir, "worker3"), c.log)
+	require.NoError(t, err)
+	started := time.Now()
+	_, err = c.coordinator.Exec(ctx, "SELECT citus_rebalance_start()")
+	require.NoError(t, err)
+	_, err = c.coordinator.Exec(ctx, "SELECT citus_rebalance_wait()")
+	require.NoError(t, err)
+	finished := time.Now()
+	t.Logf("the rebalance took %.1fs", finished.Sub(started).Seconds())
+	var moved int
+	require.NoError(t, c.coordinator.QueryRow(ctx,
+		"SELECT count(*) FROM citus_shards WHERE nodeport = $1 AND table_name = 'users'::regclass", third.Port).Scan(&moved))
+	require.Positive(t, moved, "the rebalancer moved users' shards to the new worker")
+	var unfinished int
+	require.NoError(t, c.coordinator.QueryRow(ctx,
+		"SELECT count(*) FROM pg_dist_background_job WHERE state <> 'finished'").Scan(&unfinished))
+	require.Zero(t, unfinished, "every rebalance job finished")
+
+	require.NoError(t, <-benchDone, "the audit found a violation:\n%s", benchLog.String())
+	res := readResults(t, out, &benchLog)
+	loadEnded := res.Started.Add(time.Duration(res.ElapsedS * float64(time.Second)))
+	require.True(t, finished.Before(loadEnded), "the rebalance ended %.1fs into the load, which ran %.1fs",
+		finished.Sub(res.Started).Seconds(), res.ElapsedS)
+	during := requestsBetween(res, started, finished)
+	require.Positive(t, during, "requests were answered while shards moved")
+	t.Logf("the rebalance ran from %.1fs to %.1fs of the load; %d requests answered meanwhile\n%s",
+		started.Sub(res.Started).Seconds(), finished.Sub(res.Started).Seconds(), during, benchLog.String())
+}
+
+// A worker's PostgreSQL is SIGKILLed under load and started again: meanwhile requests for
+// users on that worker are answered 503 with Retry-After, users on the other worker are
+// served, and afterwards the audit finds every acknowledged write, once.
+func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := startCitusUnderLoad(ctx, t, "citus-kill-test")
+	dead, live := c.cluster.Workers[0], c.cluster.Workers[1]
+
+	// One user on each worker, with money, before the load.
+	call := func(t *testing.T, method, path, body string) (*http.Response, map[string]any) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, c.a.base+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return resp, out
+	}
+	// uidOn returns a new uid whose transaction_uids row lands on the worker at port.
+	uidOn := func(t *testing.T, port int) string {
+		for {
+			uid := uuid.NewString()
+			if shardNode(ctx, t, c.coordinator, "transaction_uids", uid) == port {
+				return uid
+			}
+		}
+	}
+	deposit := func(t *testing.T, user int64, uid string) *http.Response {
+		resp, out := call(t, http.MethodPost, "/v1/transaction",
+			fmt.Sprintf(`{"uid":%q,"user_id":%d,"type":"DEPOSIT","amount":"1.00"}`, uid, user))
+		t.Logf("deposit for user %d, uid on port %d: %d %v", user, shardNode(ctx, t, c.coordinator, "transaction_uids", uid), resp.StatusCode, out)
+		return resp
+	}
+	users := map[int]int64{}
+	for len(users) < 2 {
+		resp, out := call(t, http.MethodPost, "/v1/user", `{"name":"probe"}`)
+		require.Equal(t, http.StatusCreated, resp.StatusCode, "%v", out)
+		id := int64(out["id"].(float64))
+		users[shardNode(ctx, t, c.coordinator, "users", id)] = id
+	}
+	onDead, onLive := users[dead.Port], users[live.Port]
+	require.Equal(t, http.StatusOK, deposit(t, onDead, uidOn(t, dead.Port)).StatusCode)
+
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var benchLog strings.Builder
+	benchDone := c.load(ctx, t, out, &benchLog, "--duration", "15s", "--attempts", "40")
+	time.Sleep(1500 * time.Millisecond)
+	killed := time.Now()
+	require.NoError(t, dead.Kill())
+
+	t.Run("users on the dead worker: 503 with Retry-After", func(t *testing.T) {
+		var resp *http.Response
+		require.Eventually(t, func() bool {
+			resp, _ = call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onDead), "")
+			return resp.StatusCode != http.StatusOK
+		}, 5*time.Second, 50*time.Millisecond)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		resp = deposit(t, onDead, uidOn(t, live.Port))
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+	})
+	t.Run("users on the other worker go on", func(t *testing.T) {
+		resp, out := call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onLive), "")
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%v", out)
+		require.Equal(t, http.StatusOK, deposit(t, onLive, uidOn(t, live.Port)).StatusCode)
+	})
+	// The uid table is distributed by uid: a write whose uid's row lives on the dead worker
+	// waits for it too, whichever worker holds the user.
+	t.Run("a write whose uid lives on the dead worker: 503", func(t *testing.T) {
+		resp := deposit(t, onLive, uidOn(t, dead.Port))
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+	})
+
+	time.Sleep(time.Until(killed.Add(3 * time.Second)))
+	require.NoError(t, c.cluster.RestartWorker(ctx, 0, c.log))
+	restarted := time.Now()
+	t.Logf("worker restarted %.1fs after the kill", restarted.Sub(killed).Seconds())
+	require.Eventually(t, func() bool {
+		resp, _ := call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onDead), "")
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 100*time.Millisecond, "the dead worker's users are served again")
+
+	require.NoError(t, <-benchDone, "the audit found a violation:\n%s", benchLog.String())
+	res := readResults(t, out, &benchLog)
+	require.Positive(t, requestsBetween(res, killed, restarted), "requests were answered while the worker was down")
+	require.Positive(t, requestsBetween(res, restarted.Add(time.Second), time.Now()), "and after it came back")
+	t.Logf("bench:\n%s", benchLog.String())
+}
