@@ -474,9 +474,12 @@ func TestRulesAgainstLiveMetrics(t *testing.T) {
 	adminPort, err := devenv.FreePort(ctx)
 	require.NoError(t, err)
 	cmd := exec.CommandContext(ctx, bin, "serve", "--relay")
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pgtest.NewDatabase(t), "MIGRATE_ON_START=false", "LOG_LEVEL=warn",
+	databaseURL := pgtest.NewDatabase(t)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL, "MIGRATE_ON_START=false", "LOG_LEVEL=warn",
 		"PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(adminPort), "NATS_STREAM=TALLY_RULES_"+strconv.Itoa(port),
-		"NATS_SUBJECT_PREFIX=tally-rules-test-"+strconv.Itoa(port))
+		"NATS_SUBJECT_PREFIX=tally-rules-test-"+strconv.Itoa(port),
+		// The primary standing in for a replica: the read database's metrics exist.
+		"READ_DATABASE_URL="+databaseURL)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
