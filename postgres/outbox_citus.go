@@ -63,8 +63,15 @@ func (db *DB) MarkPublished(ctx context.Context, events []ledger.StoredEvent) er
 	for u, s := range last {
 		users, seqs = append(users, u), append(seqs, s)
 	}
-	_, err := db.pool.Exec(ctx, markPublishedSQL, users, seqs)
-	return dbErr(err)
+	return dbErr(db.withTx(ctx, func(tx pgx.Tx) error {
+		// As SaveRelayCursor: a mark lost in a crash only sends the events again. Citus passes
+		// the setting on to the workers' part of the transaction.
+		if _, err := tx.Exec(ctx, "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL synchronous_commit = off"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, markPublishedSQL, users, seqs)
+		return err
+	}))
 }
 
 // PrunePublished deletes events published before olderThan. A user's events are published,
