@@ -67,7 +67,7 @@ var systems = []system{
 	{name: "Citus, 2 workers", workers: 2},
 }
 
-func run(ctx context.Context, args []string) error {
+func run(ctx context.Context, args []string) (err error) {
 	o := options{}
 	var clients string
 	flags := flag.NewFlagSet("citus", flag.ContinueOnError)
@@ -104,7 +104,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer results.Close()
+	defer func() { err = errors.Join(err, results.Close()) }()
 	fmt.Fprintf(results, "# system\tclients\tround\twrites/s\n")
 	for round := 1; round <= o.rounds; round++ {
 		for _, s := range systems {
@@ -119,13 +119,13 @@ func run(ctx context.Context, args []string) error {
 
 // measure starts the system, loads it at every client count, and in the last round on two
 // workers measures the two-phase commit's cost.
-func measure(ctx context.Context, o options, s system, round int, results io.Writer, twoPhase bool) error {
+func measure(ctx context.Context, o options, s system, round int, results io.Writer, twoPhase bool) (err error) {
 	dir := filepath.Join(o.out, fmt.Sprintf("round%d-%d", round, s.workers))
 	logFile, err := os.Create(dir + ".log")
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
+	defer func() { err = errors.Join(err, logFile.Close()) }()
 	log := slog.New(slog.NewTextHandler(logFile, nil))
 	var url string
 	var stopDB func() error
@@ -201,7 +201,7 @@ func measure(ctx context.Context, o options, s system, round int, results io.Wri
 // measureTwoPhase sends deposits to users on one worker, with uids chosen so that each write's
 // uid row lives on the user's worker (one-phase commit) or on the other worker (two-phase
 // commit), alternately, at 1 and at 16 clients.
-func measureTwoPhase(ctx context.Context, o options, base, url string) error {
+func measureTwoPhase(ctx context.Context, o options, base, url string) (err error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return err
@@ -225,7 +225,7 @@ func measureTwoPhase(ctx context.Context, o options, base, url string) error {
 	if err != nil {
 		return err
 	}
-	defer out.Close()
+	defer func() { err = errors.Join(err, out.Close()) }()
 	fmt.Fprintf(out, "# uid row\tclients\twrites/s\tp50 ms\tp99 ms\n")
 	for _, clients := range []int{1, 16} {
 		for _, sameWorker := range []bool{true, false, true, false} {

@@ -175,19 +175,29 @@ func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
 	c := startCitusUnderLoad(ctx, t, "citus-kill-test")
 	dead, live := c.cluster.Workers[0], c.cluster.Workers[1]
 
-	// One user on each worker, with money, before the load.
-	call := func(t *testing.T, method, path, body string) (*http.Response, map[string]any) {
-		t.Helper()
+	// answer is one request's outcome; err is set when no answer came.
+	type answer struct {
+		status int
+		header http.Header
+		body   map[string]any
+		err    error
+	}
+	call := func(method, path, body string) answer {
 		req, err := http.NewRequestWithContext(ctx, method, c.a.base+path, strings.NewReader(body))
-		require.NoError(t, err)
+		if err != nil {
+			return answer{err: err}
+		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
+		if err != nil {
+			return answer{err: err}
+		}
 		defer resp.Body.Close()
-		var out map[string]any
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-		return resp, out
+		a := answer{status: resp.StatusCode, header: resp.Header}
+		a.err = json.NewDecoder(resp.Body).Decode(&a.body)
+		return a
 	}
+	balance := func(user int64) answer { return call(http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", user), "") }
 	// uidOn returns a new uid whose transaction_uids row lands on the worker at port.
 	uidOn := func(t *testing.T, port int) string {
 		for {
@@ -197,21 +207,29 @@ func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
 			}
 		}
 	}
-	deposit := func(t *testing.T, user int64, uid string) *http.Response {
-		resp, out := call(t, http.MethodPost, "/v1/transaction",
-			fmt.Sprintf(`{"uid":%q,"user_id":%d,"type":"DEPOSIT","amount":"1.00"}`, uid, user))
-		t.Logf("deposit for user %d, uid on port %d: %d %v", user, shardNode(ctx, t, c.coordinator, "transaction_uids", uid), resp.StatusCode, out)
-		return resp
+	deposit := func(t *testing.T, user int64, uid string) answer {
+		a := call(http.MethodPost, "/v1/transaction", fmt.Sprintf(`{"uid":%q,"user_id":%d,"type":"DEPOSIT","amount":"1.00"}`, uid, user))
+		require.NoError(t, a.err)
+		return a
 	}
+	requireUnavailable := func(t *testing.T, a answer) {
+		t.Helper()
+		require.NoError(t, a.err)
+		require.Equal(t, http.StatusServiceUnavailable, a.status, "%v", a.body)
+		require.NotEmpty(t, a.header.Get("Retry-After"))
+	}
+
+	// One user on each worker, with money, before the load.
 	users := map[int]int64{}
 	for len(users) < 2 {
-		resp, out := call(t, http.MethodPost, "/v1/user", `{"name":"probe"}`)
-		require.Equal(t, http.StatusCreated, resp.StatusCode, "%v", out)
-		id := int64(out["id"].(float64))
+		a := call(http.MethodPost, "/v1/user", `{"name":"probe"}`)
+		require.NoError(t, a.err)
+		require.Equal(t, http.StatusCreated, a.status, "%v", a.body)
+		id := int64(a.body["id"].(float64))
 		users[shardNode(ctx, t, c.coordinator, "users", id)] = id
 	}
 	onDead, onLive := users[dead.Port], users[live.Port]
-	require.Equal(t, http.StatusOK, deposit(t, onDead, uidOn(t, dead.Port)).StatusCode)
+	require.Equal(t, http.StatusOK, deposit(t, onDead, uidOn(t, dead.Port)).status)
 
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var benchLog strings.Builder
@@ -221,28 +239,25 @@ func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
 	require.NoError(t, dead.Kill())
 
 	t.Run("users on the dead worker: 503 with Retry-After", func(t *testing.T) {
-		var resp *http.Response
+		var a answer
 		require.Eventually(t, func() bool {
-			resp, _ = call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onDead), "")
-			return resp.StatusCode != http.StatusOK
+			a = balance(onDead)
+			return a.err == nil && a.status != http.StatusOK
 		}, 5*time.Second, 50*time.Millisecond)
-		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-		require.NotEmpty(t, resp.Header.Get("Retry-After"))
-		resp = deposit(t, onDead, uidOn(t, live.Port))
-		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		requireUnavailable(t, a)
+		requireUnavailable(t, deposit(t, onDead, uidOn(t, live.Port)))
 	})
 	t.Run("users on the other worker go on", func(t *testing.T) {
-		resp, out := call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onLive), "")
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%v", out)
-		require.Equal(t, http.StatusOK, deposit(t, onLive, uidOn(t, live.Port)).StatusCode)
+		a := balance(onLive)
+		require.NoError(t, a.err)
+		require.Equal(t, http.StatusOK, a.status, "%v", a.body)
+		a = deposit(t, onLive, uidOn(t, live.Port))
+		require.Equal(t, http.StatusOK, a.status, "%v", a.body)
 	})
 	// The uid table is distributed by uid: a write whose uid's row lives on the dead worker
 	// waits for it too, whichever worker holds the user.
 	t.Run("a write whose uid lives on the dead worker: 503", func(t *testing.T) {
-		resp := deposit(t, onLive, uidOn(t, dead.Port))
-		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		requireUnavailable(t, deposit(t, onLive, uidOn(t, dead.Port)))
 	})
 
 	time.Sleep(time.Until(killed.Add(3 * time.Second)))
@@ -250,8 +265,8 @@ func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
 	restarted := time.Now()
 	t.Logf("worker restarted %.1fs after the kill", restarted.Sub(killed).Seconds())
 	require.Eventually(t, func() bool {
-		resp, _ := call(t, http.MethodGet, fmt.Sprintf("/v1/user/%d/balance", onDead), "")
-		return resp.StatusCode == http.StatusOK
+		a := balance(onDead)
+		return a.err == nil && a.status == http.StatusOK
 	}, 30*time.Second, 100*time.Millisecond, "the dead worker's users are served again")
 
 	require.NoError(t, <-benchDone, "the audit found a violation:\n%s", benchLog.String())
