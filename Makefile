@@ -32,7 +32,8 @@ test-citus: build
 
 # The store's tests (write path, reads, concurrency on two pools) on a distributed database,
 # the plans of every request, the cluster harness, the HTTP race across two instances, the
-# per-user event feed and the relay by slices (restarts, two relays, shard moves), tally dev
+# per-user event feed and the relay by slices (restarts, two relays, shard moves), the console's
+# events panel on the per-user feed (in chromium), tally dev
 # --citus and the fault runs (a rebalance onto a new worker and a killed worker, each under
 # load on private clusters of their own), then
 # the acceptance suite against two instances of bin/tally on the coordinator, followed by a
@@ -45,6 +46,7 @@ citus-tests:
 	$(GO) test -race -count=1 -timeout 10m -run '^(TestCreateUserRaceAcrossReplicas|TestCitus.*)$$' ./httpapi
 	$(GO) test -race -count=1 -timeout 15m -run '^TestCitus' ./relay
 	$(GO) test -race -count=1 -timeout 15m -run 'Citus' ./cmd/tally
+	$(GO) test -race -count=1 -timeout 10m -run '^TestConsoleEventsOnCitus$$' ./web
 	ACCEPTANCE_INSTANCES=2 ACCEPTANCE_THEN='bin/tally bench --url "$$TALLY_URLS" --database-url "$$DATABASE_URL" --users 50 --workers 8 --duration 10s --verify' \
 		./acceptance/run.sh
 

@@ -312,6 +312,23 @@ func TestConsole(t *testing.T) {
 }
 
 // With tokens on, the console asks for one; a read token sees no form, a write token does.
+// On Citus the feed is per user: the events panel, refused the global feed, follows the user
+// named in its filter.
+func TestConsoleEventsOnCitus(t *testing.T) {
+	pgtest.RequireCitus(t)
+	p := openConsole(t)
+	status, user := p.api("POST", "/v1/user", "", `{"name": "Cita Console"}`)
+	require.Equal(t, 201, status)
+	id := fmt.Sprint(user["id"])
+	p.do(chromedp.Navigate(p.base + "/console/users/" + id))
+	p.waitFor("document.getElementById('events-status').textContent.includes('enter a user id')")
+	p.do(setValue("events-user", id))
+	p.waitFor("document.getElementById('events-status').textContent === 'Following user " + id + ": new events appear as they commit.'")
+	status, _ = p.api("POST", "/v1/transaction", "", `{"uid": "`+uuid.NewString()+`", "user_id": `+id+`, "type": "DEPOSIT", "amount": "7.77"}`)
+	require.Equal(t, 200, status)
+	p.waitFor("document.querySelector('#events li:not([hidden])') && document.querySelector('#events li:not([hidden])').textContent.includes('DEPOSIT 7.77')")
+}
+
 func TestConsoleTokens(t *testing.T) {
 	t.Parallel()
 	const reader, writer = "read-token-0123456789", "write-token-0123456789"

@@ -365,18 +365,43 @@ const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 const maxEvents = 100;
 
 // followEvents starts at the feed's newest event (cursor=end) and long-polls, so that new
-// events appear as they commit; the history before it stays on the server.
+// events appear as they commit; the history before it stays on the server. On a deployment
+// whose feed is per user (Citus: the feed refuses a request without user_id), it follows the
+// user named in the filter, from that user's newest event on.
 async function followEvents() {
   let cursor = 'end';
   let caughtUp = true;
+  let perUser = false;
+  let followed = '';
   text($('events-status'), 'Following: new events appear as they commit.');
   $('events').dataset.following = 'true';
   for (;;) {
     if (!$('events-follow').checked) { await sleep(300); continue; }
+    if (perUser) {
+      const id = $('events-user').value.trim();
+      if (!/^[1-9][0-9]{0,18}$/.test(id)) {
+        delete $('events').dataset.following;
+        text($('events-status'), 'This deployment keeps one feed per user: enter a user id to follow.');
+        await sleep(300);
+        continue;
+      }
+      if (id !== followed) {
+        followed = id;
+        cursor = 'end';
+        caughtUp = true;
+        text($('events-status'), 'Following user ' + id + ': new events appear as they commit.');
+        $('events').dataset.following = 'true';
+      }
+    }
     let path = '/v1/events?limit=1000&wait=' + (caughtUp ? '20' : '0');
+    if (perUser) path += '&user_id=' + encodeURIComponent(followed);
     if (cursor) path += '&cursor=' + encodeURIComponent(cursor);
     let r;
     try { r = await api('GET', path); } catch (e) { r = { status: 0, data: null, text: String(e) }; }
+    if (r.status === 422 && !perUser && r.text.includes('user_id is required')) {
+      perUser = true;
+      continue;
+    }
     if (r.status !== 200) {
       text($('events-status'), 'The feed answered: ' + words(r) + ' Retrying.');
       if (r.status === 410 || r.status === 409) cursor = 'end';
