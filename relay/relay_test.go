@@ -98,19 +98,20 @@ func (f *fixture) streamEvents(t *testing.T, js jetstream.JetStream, want int) [
 		info, err := s.Info(f.ctx)
 		return err == nil && info.State.Msgs >= uint64(want)
 	}, 30*time.Second, 20*time.Millisecond, "stream never reached %d messages", want)
-	// A cluster that just regained its quorum may refuse a consumer for a moment.
-	var batch jetstream.MessageBatch
+	// A cluster that just regained its quorum may refuse a consumer, or its fetch, for a
+	// moment: the whole read is tried again.
+	var msgs []jetstream.Msg
 	require.EventuallyWithT(t, func(t *assert.CollectT) {
+		msgs = nil
 		c, err := js.OrderedConsumer(f.ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{})
 		require.NoError(t, err)
-		batch, err = c.FetchNoWait(want + 100)
+		batch, err := c.FetchNoWait(want + 100)
 		require.NoError(t, err)
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		require.NoError(t, batch.Error())
 	}, 30*time.Second, 100*time.Millisecond)
-	var msgs []jetstream.Msg
-	for m := range batch.Messages() {
-		msgs = append(msgs, m)
-	}
-	require.NoError(t, batch.Error())
 	return msgs
 }
 
