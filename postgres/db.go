@@ -41,8 +41,8 @@ const distributedSQL = "SELECT to_regclass('transaction_uids') IS NOT NULL"
 
 // Distributed reports whether the schema is distributed by Citus, in which case writes and
 // reads take the statements that Citus routes to one shard (write.go), and write batching is
-// off. It asks the database the first time only; a database distributed while tally runs is
-// seen after a restart.
+// off. It asks the database the first time only: instances are stopped while a database is
+// distributed (design.md, "Citus installed later").
 func (db *DB) Distributed(ctx context.Context) (bool, error) {
 	switch db.layout.Load() {
 	case layoutPlain:
@@ -52,7 +52,7 @@ func (db *DB) Distributed(ctx context.Context) (bool, error) {
 	}
 	var distributed bool
 	if err := db.pool.QueryRow(ctx, distributedSQL).Scan(&distributed); err != nil {
-		return false, fmt.Errorf("read the database's layout: %w", err)
+		return false, dbErr(fmt.Errorf("read the database's layout: %w", err))
 	}
 	if distributed {
 		db.layout.Store(layoutCitus)

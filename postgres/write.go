@@ -173,6 +173,8 @@ func (db *DB) Apply(ctx context.Context, req ledger.Request, render func(ledger.
 // is recorded that way.
 func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distributed bool) {
 	var err error
+	// What the members of an attempt that lost its connection were about to be answered.
+	var unsent map[*writeRequest]ledger.Reply
 	for lost := 1; ; lost++ {
 		_, err = retry(ctx, true, func() (struct{}, error) {
 			for _, w := range batch {
@@ -184,8 +186,23 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distribu
 			!sleep(ctx, time.Duration(lost)*20*time.Millisecond) {
 			break
 		}
+		for _, w := range batch {
+			if w.err == nil && !w.out.Replayed && w.out.Reply.Body != nil {
+				if unsent == nil {
+					unsent = map[*writeRequest]ledger.Reply{}
+				}
+				unsent[w] = w.out.Reply
+			}
+		}
 	}
 	if err == nil {
+		// A lost attempt that committed after all is found stored by the next one: its answer
+		// is this request's first, not a replay.
+		for w, reply := range unsent {
+			if w.out.Replayed && w.out.Reply.Status == reply.Status && bytes.Equal(w.out.Reply.Body, reply.Body) {
+				w.out.Replayed = false
+			}
+		}
 		return
 	}
 	if len(batch) == 1 || ledger.ErrorCode(dbErr(err)) == ledger.CodeUnavailable {

@@ -232,6 +232,13 @@ func (r *Relay) publishSlices(ctx context.Context, set *sliceSet) error {
 			sleep(ctx, r.cfg.Poll)
 			continue
 		}
+		// A lease may have gone while the events were read (a relay that froze, or a slice
+		// handed to a relay that joined): publish only the slices still held, so that nothing
+		// another relay published since goes out again after it.
+		if events = ofSlices(events, set.held(), r.cfg.Slices); len(events) == 0 {
+			fromUser = 0
+			continue
+		}
 		var acked int
 		published, _ := r.publishAndRecord(ctx, events, func(done []ledger.StoredEvent) error {
 			acked = len(done)
@@ -284,4 +291,16 @@ func (r *Relay) runDistributed(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// ofSlices keeps the events of the users in the slices held (sorted), as PendingEvents
+// selects them: user_id % n.
+func ofSlices(events []ledger.StoredEvent, held []int, n int) []ledger.StoredEvent {
+	var kept []ledger.StoredEvent
+	for _, e := range events {
+		if _, ok := slices.BinarySearch(held, int(e.UserID%int64(n))); ok {
+			kept = append(kept, e)
+		}
+	}
+	return kept
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/bench"
@@ -31,9 +34,13 @@ type citusUnderLoad struct {
 	log         *slog.Logger
 	coordinator *pgx.Conn
 	a, b        served
+	// With a relay (instance a runs one): the NATS server and the stream it publishes to.
+	natsURL, stream, prefix string
 }
 
-func startCitusUnderLoad(ctx context.Context, t *testing.T, source string) *citusUnderLoad {
+// startCitusUnderLoad starts the cluster and the instances; withRelay runs a relay beside
+// instance a, publishing to a stream of the test's own on the NATS server of NATS_URL.
+func startCitusUnderLoad(ctx context.Context, t *testing.T, source string, withRelay bool) *citusUnderLoad {
 	t.Helper()
 	pgtest.RequireCitus(t)
 	c := &citusUnderLoad{dir: reachableTempDir(t), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -53,13 +60,43 @@ func startCitusUnderLoad(ctx context.Context, t *testing.T, source string) *citu
 	_, err = postgres.Migrate(ctx, c.cluster.Coordinator.URL)
 	require.NoError(t, err)
 	env := map[string]string{"DATABASE_URL": c.cluster.Coordinator.URL, "MIGRATE_ON_START": "false", "EVENT_SOURCE": source}
-	c.a, c.b = startServe(ctx, t, env, false), startServe(ctx, t, env, false)
+	if withRelay {
+		id := uuid.NewString()[:8]
+		c.natsURL, c.stream, c.prefix = cmp.Or(os.Getenv("NATS_URL"), nats.DefaultURL), "CITUS"+id, "citus"+id
+		env["NATS_URL"], env["NATS_STREAM"], env["NATS_SUBJECT_PREFIX"] = c.natsURL, c.stream, c.prefix
+		nc, err := nats.Connect(c.natsURL)
+		require.NoError(t, err, "NATS with JetStream must run at %s", c.natsURL)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		t.Cleanup(func() { js.DeleteStream(context.Background(), c.stream) }) //nolint:errcheck // best effort
+	}
+	c.a, c.b = startServe(ctx, t, env, withRelay), startServe(ctx, t, env, false)
 	return c
+}
+
+// requireStreamOnceInOrder reads the relay's whole stream and requires every outbox event on
+// it once (by Nats-Msg-Id), each user's events in sequence order with no gap.
+func (c *citusUnderLoad) requireStreamOnceInOrder(ctx context.Context, t *testing.T) {
+	t.Helper()
+	var events int
+	require.NoError(t, c.coordinator.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&events))
+	nc, err := nats.Connect(c.natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	got := readStream(ctx, t, js, c.stream, events)
+	t.Logf("%d events in the outbox, %d on the stream, %d duplicated, %d out of order", events, got.events, got.duplicates, got.outOfOrder)
+	require.Equal(t, streamCount{events: events}, got, "every outbox event on the stream once, each user's in order")
 }
 
 // benchArgs are tally bench's arguments for a load on both instances, audited, with its
 // results in out.
 func (c *citusUnderLoad) benchArgs(out string, args ...string) []string {
+	if c.natsURL != "" {
+		args = append(args, "--nats-url", c.natsURL, "--stream", c.stream, "--subject-prefix", c.prefix)
+	}
 	return append([]string{
 		"--url", c.a.base + "," + c.b.base, "--database-url", c.cluster.Coordinator.URL,
 		"--workers", "8", "--users", "40", "--initial", "50.00", "--amount-max", "20.00",
@@ -124,15 +161,16 @@ func shardNode(ctx context.Context, t *testing.T, conn *pgx.Conn, table string, 
 	return port
 }
 
-// Under write load from two tally instances, a third worker joins and the rebalancer moves
-// shards onto it: the audit finds nothing lost, nothing applied twice and no negative balance
-// at any instant, and requests went on while shards moved. One audited run spans both steps,
+// Under write load from two tally instances, one with a relay, a third worker joins and the
+// rebalancer moves shards onto it: the audit finds nothing lost, nothing applied twice and no
+// negative balance at any instant, requests went on while shards moved, and every event
+// reached JetStream once, each user's in sequence order. One audited run spans both steps,
 // open loop at a rate that leaves the two cores room: a node took 20–40 s to join when the
 // load saturated them, the rebalance 20–30 s.
 func TestCitusRebalanceUnderLoadLosesNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := startCitusUnderLoad(ctx, t, "citus-rebalance-test")
+	c := startCitusUnderLoad(ctx, t, "citus-rebalance-test", true)
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var benchLog strings.Builder
 	const duration = 90 * time.Second
@@ -164,6 +202,7 @@ func TestCitusRebalanceUnderLoadLosesNothing(t *testing.T) {
 	require.Positive(t, during, "requests were answered while shards moved")
 	t.Logf("the rebalance ran from %.1fs to %.1fs of the load; %d requests answered meanwhile\n%s",
 		started.Sub(loadStarted).Seconds(), finished.Sub(loadStarted).Seconds(), during, benchLog.String())
+	c.requireStreamOnceInOrder(ctx, t)
 }
 
 // A worker's PostgreSQL is SIGKILLed under load and started again: meanwhile requests for
@@ -172,7 +211,7 @@ func TestCitusRebalanceUnderLoadLosesNothing(t *testing.T) {
 func TestCitusWorkerKilledUnderLoadKeepsAcknowledgedWrites(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := startCitusUnderLoad(ctx, t, "citus-kill-test")
+	c := startCitusUnderLoad(ctx, t, "citus-kill-test", false)
 	dead, live := c.cluster.Workers[0], c.cluster.Workers[1]
 
 	// answer is one request's outcome; err is set when no answer came.

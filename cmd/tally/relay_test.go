@@ -256,18 +256,38 @@ func TestFrozenRelayLeaderIsReplaced(t *testing.T) {
 
 	var outbox int
 	require.NoError(t, db.Pool().QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&outbox))
+	got := readStream(ctx, t, js, stream, outbox)
+	var applied int
+	require.NoError(t, db.Pool().QueryRow(ctx, "SELECT count(*) FROM transactions").Scan(&applied))
+	t.Logf("frozen leader: %d writes sent, %d acknowledged, %d stored; %d events in the outbox, %d in the stream, %d duplicated, %d out of order; stall %.1f s (lease TTL %s)",
+		sent, acknowledged, applied, outbox, got.events, got.duplicates, got.outOfOrder, stall.Seconds(), ttl)
+	require.Equal(t, acknowledged, applied, "every acknowledged write stored once")
+	require.Equal(t, outbox, got.events, "every event in the stream")
+	require.Zero(t, got.duplicates)
+	require.Zero(t, got.outOfOrder)
+	require.Contains(t, first.logs.String(), "waiting for the lease again")
+}
+
+// streamCount is what readStream found on a stream: distinct events (by id), events seen
+// again, and events that did not follow their user's previous one in sequence.
+type streamCount struct{ events, duplicates, outOfOrder int }
+
+// readStream waits until the stream holds at least want messages and reads them all; each
+// must carry its event id as Nats-Msg-Id.
+func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, stream string, want int) streamCount {
+	t.Helper()
 	var s jetstream.Stream
+	var err error
 	require.Eventually(t, func() bool {
 		s, err = js.Stream(ctx, stream)
-		return err == nil && s.CachedInfo().State.Msgs >= uint64(outbox)
-	}, 30*time.Second, 50*time.Millisecond, "every event in the stream")
+		return err == nil && s.CachedInfo().State.Msgs >= uint64(want)
+	}, time.Minute, 50*time.Millisecond, "the stream holds %d events", want)
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	require.NoError(t, err)
-	batch, err := cons.FetchNoWait(outbox + 100)
+	batch, err := cons.FetchNoWait(want + 100)
 	require.NoError(t, err)
-	seen := map[string]bool{}
-	last := map[int64]int64{}
-	duplicates, outOfOrder := 0, 0
+	var got streamCount
+	seen, last := map[string]bool{}, map[int64]int64{}
 	for m := range batch.Messages() {
 		var ce struct {
 			ID   string
@@ -277,23 +297,17 @@ func TestFrozenRelayLeaderIsReplaced(t *testing.T) {
 			}
 		}
 		require.NoError(t, json.Unmarshal(m.Data(), &ce))
+		require.Equal(t, ce.ID, m.Headers().Get("Nats-Msg-Id"))
 		if seen[ce.ID] {
-			duplicates++
+			got.duplicates++
 		}
 		seen[ce.ID] = true
 		if ce.Data.Sequence != last[ce.Data.UserID]+1 {
-			outOfOrder++
+			got.outOfOrder++
 		}
 		last[ce.Data.UserID] = ce.Data.Sequence
 	}
 	require.NoError(t, batch.Error())
-	var applied int
-	require.NoError(t, db.Pool().QueryRow(ctx, "SELECT count(*) FROM transactions").Scan(&applied))
-	t.Logf("frozen leader: %d writes sent, %d acknowledged, %d stored; %d events in the outbox, %d in the stream, %d duplicated, %d out of order; stall %.1f s (lease TTL %s)",
-		sent, acknowledged, applied, outbox, len(seen), duplicates, outOfOrder, stall.Seconds(), ttl)
-	require.Equal(t, acknowledged, applied, "every acknowledged write stored once")
-	require.Equal(t, outbox, len(seen), "every event in the stream")
-	require.Zero(t, duplicates)
-	require.Zero(t, outOfOrder)
-	require.Contains(t, first.logs.String(), "waiting for the lease again")
+	got.events = len(seen)
+	return got
 }
