@@ -422,6 +422,25 @@ func TestBatchWriteProbesUsersByKey(t *testing.T) {
 	require.Contains(t, plan, "users_pkey", plan)
 }
 
+// The write path runs cached generic plans (no planning per write). Made on a fresh database
+// whose users were just inserted and never analyzed, as on a new deployment, they still
+// reach every table through its keys.
+func TestWritePlansProbeByKeyBeforeAnyAnalyze(t *testing.T) {
+	f := setup(t)
+	_, err := f.db.Pool().Exec(f.ctx, "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 1000) g")
+	require.NoError(t, err)
+	plans, err := f.db.WritePlans(f.ctx)
+	require.NoError(t, err)
+	require.Len(t, plans, 7)
+	for name, plan := range plans {
+		require.NotRegexp(t, `Seq Scan on (users|transactions|outbox)\b`, plan, name)
+	}
+	require.Contains(t, plans["write"], "users_pkey", plans["write"])
+	require.Contains(t, plans["lockUserRows"], "users_pkey", plans["lockUserRows"])
+	require.Contains(t, plans["findUIDs"], "transactions_pkey", plans["findUIDs"])
+	require.Contains(t, plans["backDatedState"], "transactions_timeline", plans["backDatedState"])
+}
+
 // A user whose lock another transaction holds does not hold up the batch: its request waits
 // alone, under its own context, and other users' writes go on.
 func TestBatchNeverWaitsOnABusyUser(t *testing.T) {

@@ -21,9 +21,13 @@ import (
 
 // Defaults of the write batching (WRITE_BATCH_MAX and WRITE_WORKERS). docs/performance.md
 // ("Batch size") found 16, 64 and 256 alike at 256 clients; 64 bounds a batch's statement.
+// One worker: a batch costs PostgreSQL and tally about the same whatever its size, so more
+// workers, each taking a share of the queue, spend more per write; with one, a batch is
+// everything that arrived while the last one committed. docs/performance.md ("Workers")
+// measured one worker ahead of two and four at every client count.
 const (
 	DefaultWriteBatchMax = 64
-	DefaultWriteWorkers  = 4
+	DefaultWriteWorkers  = 1
 )
 
 // WithWriteBatching sets the largest batch and the number of workers, each of which holds a

@@ -2,7 +2,10 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -111,3 +114,49 @@ func RoutedStatements(userID int64, uid uuid.UUID, key string, at time.Time) []S
 
 // DBErr is dbErr, for tests of how errors are classified.
 var DBErr = dbErr
+
+// WritePlans returns the generic plan the write path runs for each of its statements, as
+// EXPLAIN EXECUTE shows it under the write transaction's settings (genericPlansSQL).
+func (db *DB) WritePlans(ctx context.Context) (map[string]string, error) {
+	statements := map[string]string{"tryUsers": tryUsersSQL, "waitForUsers": waitForUsersSQL,
+		"lockUserRows": lockUserRowsSQL, "findUIDs": findUIDsSQL, "write": writeSQL,
+		"backDatedState": backDatedStateSQL, "shiftLater": shiftLaterSQL}
+	plans := map[string]string{}
+	for name, sql := range statements {
+		params := len(slices.Compact(slices.Sorted(slices.Values(regexp.MustCompile(`\$\d+`).FindAllString(sql, -1)))))
+		plan, err := explainGeneric(ctx, db, sql, params)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		plans[name] = plan
+	}
+	return plans, nil
+}
+
+func explainGeneric(ctx context.Context, db *DB, sql string, params int) (string, error) {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Release()
+	// A prepared statement outlives its transaction.
+	defer conn.Exec(context.WithoutCancel(ctx), "DEALLOCATE write_statement") //nolint:errcheck
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, genericPlansSQL); err != nil {
+		return "", err
+	}
+	if _, err := tx.Exec(ctx, "PREPARE write_statement AS "+sql); err != nil {
+		return "", err
+	}
+	nulls := strings.TrimSuffix(strings.Repeat("NULL, ", params), ", ")
+	rows, err := tx.Query(ctx, "EXPLAIN (COSTS OFF) EXECUTE write_statement("+nulls+")")
+	if err != nil {
+		return "", err
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return strings.Join(lines, "\n"), err
+}
