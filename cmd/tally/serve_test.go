@@ -203,9 +203,11 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.Equal(t, "tally", cfg.subjectPrefix)
 	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
 	require.Equal(t, postgres.DefaultWriteBatchMax, cfg.writeBatchMax)
-	cfg, err = loadConfig(func(k string) string { return map[string]string{"RELAY_SLICES": "8"}[k] })
+	require.Equal(t, serveGCPercent, cfg.gcPercent)
+	cfg, err = loadConfig(func(k string) string { return map[string]string{"RELAY_SLICES": "8", "GOGC": "100"}[k] })
 	require.NoError(t, err)
 	require.Equal(t, 8, cfg.relaySlices)
+	require.Zero(t, cfg.gcPercent, "GOGC set: the runtime's own setting stands")
 	cfg, err = loadConfig(func(k string) string {
 		return map[string]string{"MAX_CONNECTIONS": "50", "WRITE_BATCH_MAX": "1", "WRITE_WORKERS": "2"}[k]
 	})
