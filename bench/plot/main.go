@@ -129,8 +129,9 @@ func latency(rows [][]string) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = "Write latency against offered load (open loop)"
 	p.X.Label.Text = "offered writes per second"
-	p.Y.Label.Text = "latency, ms"
-	p.Y.Min = 0
+	// Log: the flat part below saturation and the queues past it differ a thousandfold.
+	p.Y.Label.Text = "latency, ms (log)"
+	p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	var lines []any
 	for _, system := range []string{"batching off", "batching on"} {
 		for _, q := range []string{"p50", "p99"} {

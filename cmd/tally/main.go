@@ -147,7 +147,8 @@ type config struct {
 	tracing         bool // OTEL_EXPORTER_OTLP_ENDPOINT is set
 	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
 	tokens          []httpapi.Token
-	gcPercent       int // serve's GC percent; 0 leaves GOGC's setting
+	gcPercent       int  // serve's GC percent; 0 leaves GOGC's setting
+	memoryLimit     bool // set serve's soft memory limit (GOGC and GOMEMLIMIT are both unset)
 }
 
 // serveGCPercent is serve's garbage collection target when GOGC is not set: collect when the
@@ -157,6 +158,16 @@ type config struct {
 // (docs/performance.md, "Garbage collection"). GOMEMLIMIT, which the Kubernetes manifests
 // set to the container's limit, still caps the heap.
 const serveGCPercent = 400
+
+// serveMemoryLimit is serve's soft memory limit when neither GOGC nor GOMEMLIMIT is set: twice
+// what maxConnections clients can make it hold (a request line and headers, a body and the
+// connection's buffers each, docs/operations.md), as Go's default GOGC=100 would allow, plus
+// room for the rest of the process. Under normal load the heap stays far below it; under a
+// flood of slow requests the collector works harder instead of the heap growing fivefold.
+func serveMemoryLimit(maxConnections int) int64 {
+	perConnection := int64(httpapi.MaxHeaderBytes + 4<<10 + httpapi.MaxBodyBytes + 8<<10)
+	return 2*int64(maxConnections)*perConnection + 64<<20
+}
 
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
@@ -181,6 +192,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if getenv("GOGC") == "" {
 		cfg.gcPercent = serveGCPercent
+		cfg.memoryLimit = getenv("GOMEMLIMIT") == ""
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -303,6 +315,9 @@ func loadNATSConfig(cfg *config, getenv func(string) string) error {
 func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- string) error {
 	if cfg.gcPercent != 0 {
 		debug.SetGCPercent(cfg.gcPercent)
+	}
+	if cfg.memoryLimit {
+		debug.SetMemoryLimit(serveMemoryLimit(cfg.maxConnections))
 	}
 	if cfg.migrateOnStart {
 		applied, err := postgres.Migrate(ctx, cfg.databaseURL)

@@ -204,10 +204,17 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	require.Equal(t, httpapi.DefaultMaxConnections, cfg.maxConnections)
 	require.Equal(t, postgres.DefaultWriteBatchMax, cfg.writeBatchMax)
 	require.Equal(t, serveGCPercent, cfg.gcPercent)
+	require.True(t, cfg.memoryLimit)
+	require.Equal(t, int64(2*1000*108<<10+64<<20), serveMemoryLimit(1000))
 	cfg, err = loadConfig(func(k string) string { return map[string]string{"RELAY_SLICES": "8", "GOGC": "100"}[k] })
 	require.NoError(t, err)
 	require.Equal(t, 8, cfg.relaySlices)
 	require.Zero(t, cfg.gcPercent, "GOGC set: the runtime's own setting stands")
+	require.False(t, cfg.memoryLimit)
+	cfg, err = loadConfig(func(k string) string { return map[string]string{"GOMEMLIMIT": "256MiB"}[k] })
+	require.NoError(t, err)
+	require.Equal(t, serveGCPercent, cfg.gcPercent)
+	require.False(t, cfg.memoryLimit, "GOMEMLIMIT set: the runtime's own limit stands")
 	cfg, err = loadConfig(func(k string) string {
 		return map[string]string{"MAX_CONNECTIONS": "50", "WRITE_BATCH_MAX": "1", "WRITE_WORKERS": "2"}[k]
 	})
