@@ -35,7 +35,7 @@ func newCommitCutter(t *testing.T, upstream string) *commitCutter {
 	c := &commitCutter{listener: l, upstream: upstream}
 	c.commits.Store(-1)
 	c.wg.Go(c.accept)
-	t.Cleanup(func() { l.Close(); c.wg.Wait() })
+	t.Cleanup(func() { _ = l.Close(); c.wg.Wait() })
 	return c
 }
 
@@ -50,17 +50,17 @@ func (c *commitCutter) accept() {
 		}
 		server, err := net.Dial("tcp", c.upstream)
 		if err != nil {
-			client.Close()
+			_ = client.Close()
 			continue
 		}
 		c.wg.Go(func() {
 			io.Copy(server, client) //nolint:errcheck // ends when either side closes
-			server.Close()
+			_ = server.Close()
 		})
 		c.wg.Go(func() {
 			c.relay(client, server)
-			client.Close()
-			server.Close()
+			_ = client.Close()
+			_ = server.Close()
 		})
 	}
 }
