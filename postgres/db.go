@@ -220,20 +220,9 @@ type pipelinedTx struct {
 	committed bool
 }
 
-// genericPlansSQL makes the write path's prepared statements run cached generic plans that
-// reach every table through its keys. Under the default plan_cache_mode PostgreSQL plans a
-// statement with an array parameter afresh on every execution (its generic plan, costed for
-// an array of unknown length, never looks cheaper), and that planning took a fifth of
-// PostgreSQL's processor time per write (docs/performance.md). A generic plan, though, is
-// made once for the table as it is then: made while a table is small and not yet analyzed,
-// it would scan the table rather than probe its key. Every statement of the write path is a
-// probe by key, so sequential scans are ruled out for them. set_config(..., true) lasts until
-// the transaction ends, so the pool's other queries keep the defaults.
-const genericPlansSQL = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true)"
-
 func (tx *pipelinedTx) begin(ctx context.Context, batch *pgx.Batch) error {
 	queued := batch.QueuedQueries
-	batch.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}, {SQL: genericPlansSQL}}, queued...)
+	batch.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, queued...)
 	return tx.conn.SendBatch(ctx, batch).Close()
 }
 

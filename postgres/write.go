@@ -36,6 +36,19 @@ const userLockKeySQL = "(id >> 32)::int4, id::bit(32)::int4"
 // request recorded alone waits, under its own request's context.
 const waitForUsersSQL = `SELECT pg_advisory_xact_lock(` + userLockKeySQL + `) FROM unnest($1::bigint[]) AS id`
 
+// genericPlansSQL makes the single-node write path's prepared statements run cached generic
+// plans that reach every table through an index. Under the default plan_cache_mode
+// PostgreSQL rarely uses the generic plan of a statement with an array parameter (it is costed
+// for an array of ten), so it planned every statement of every write, a quarter of its
+// processor time per write (docs/performance.md). A generic plan, though, is made once for the
+// table as it is then: made while a table is small and not yet analyzed, it would scan the
+// table rather than use its index. Every statement of the write path reads rows by key or by
+// a key's range, so sequential scans are ruled out for them. set_config(..., true) lasts
+// until the transaction ends, so the pool's other queries keep the defaults. Not on Citus:
+// there a generic plan of a statement Citus cannot route without its parameters' values (the
+// back-dating reads) fails, and Citus caches its router plans itself.
+const genericPlansSQL = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true)"
+
 // tryUsersSQL takes each user's lock if it is free and lists the users whose lock is busy. A
 // batch never waits on a user lock: waiting would hold every other member, and the worker,
 // behind one slow user. Members whose user is busy are recorded alone, by their callers.
@@ -273,6 +286,7 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alon
 	ids = slices.Compact(ids)
 	users, busy, stored = make(map[int64]*userState, len(ids)), map[int64]bool{}, map[uuid.UUID]ledger.Outcome{}
 	q := &pgx.Batch{}
+	q.Queue(genericPlansSQL)
 	if alone {
 		q.Queue(waitForUsersSQL, ids)
 	} else {
