@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,6 +156,21 @@ func TestServeListensOnHost(t *testing.T) {
 			require.Equal(t, tc.wantHost, s.host)
 		})
 	}
+}
+
+// Without GOGC and GOMEMLIMIT, serve collects at 400% under its own soft memory limit. (Every
+// serve this package starts sets the same two process-wide values.)
+func TestServeSetsTheCollectorsTargetAndLimit(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := startServe(ctx, t, map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}, false)
+	samples := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	metrics.Read(samples)
+	require.Equal(t, uint64(serveGCPercent), samples[0].Value.Uint64())
+	require.Equal(t, uint64(serveMemoryLimit(httpapi.DefaultMaxConnections)), samples[1].Value.Uint64())
+	cancel()
+	require.NoError(t, <-s.done)
 }
 
 func TestConfigRejectsBadValues(t *testing.T) {
