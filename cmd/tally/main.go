@@ -148,25 +148,33 @@ type config struct {
 	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
 	tokens          []httpapi.Token
 	gcPercent       int  // serve's GC percent; 0 leaves GOGC's setting
-	memoryLimit     bool // set serve's soft memory limit (GOGC and GOMEMLIMIT are both unset)
+	memoryLimit     bool // lower serve's soft memory limit to its own (GOGC is unset)
 }
 
 // serveGCPercent is serve's garbage collection target when GOGC is not set: collect when the
 // heap has grown to five times what the last collection kept, not twice. tally serve keeps
 // little alive (a few MB) and allocates per request, so at Go's default of 100 the collector
 // took a tenth of its processor time under load; at 400 writes/s rose about a tenth
-// (docs/performance.md, "Garbage collection"). GOMEMLIMIT, which the Kubernetes manifests
-// set to the container's limit, still caps the heap.
+// (docs/performance.md, "Garbage collection"). serveMemoryLimit keeps that from costing
+// memory under a flood.
 const serveGCPercent = 400
 
-// serveMemoryLimit is serve's soft memory limit when neither GOGC nor GOMEMLIMIT is set: twice
-// what maxConnections clients can make it hold (a request line and headers, a body and the
+// serveMemoryLimit is serve's soft memory limit when GOGC is not set: twice what
+// maxConnections clients can make it hold (a request line and headers, a body and the
 // connection's buffers each, docs/operations.md), as Go's default GOGC=100 would allow, plus
 // room for the rest of the process. Under normal load the heap stays far below it; under a
 // flood of slow requests the collector works harder instead of the heap growing fivefold.
 func serveMemoryLimit(maxConnections int) int64 {
 	perConnection := int64(httpapi.MaxHeaderBytes + 4<<10 + httpapi.MaxBodyBytes + 8<<10)
 	return 2*int64(maxConnections)*perConnection + 64<<20
+}
+
+// serveSoftLimit is the soft memory limit serve runs under, given the runtime's current one
+// (GOMEMLIMIT, math.MaxInt64 when unset): the smaller of the two. In Kubernetes GOMEMLIMIT is
+// the container's whole limit, which at GOGC 400 a flood of slow requests would fill; serve's
+// own limit keeps the heap where GOGC=100 would, and a smaller GOMEMLIMIT still wins.
+func serveSoftLimit(current int64, maxConnections int) int64 {
+	return min(current, serveMemoryLimit(maxConnections))
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -192,7 +200,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if getenv("GOGC") == "" {
 		cfg.gcPercent = serveGCPercent
-		cfg.memoryLimit = getenv("GOMEMLIMIT") == ""
+		cfg.memoryLimit = true
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -317,7 +325,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		debug.SetGCPercent(cfg.gcPercent)
 	}
 	if cfg.memoryLimit {
-		debug.SetMemoryLimit(serveMemoryLimit(cfg.maxConnections))
+		debug.SetMemoryLimit(serveSoftLimit(debug.SetMemoryLimit(-1), cfg.maxConnections))
 	}
 	if cfg.migrateOnStart {
 		applied, err := postgres.Migrate(ctx, cfg.databaseURL)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"runtime/metrics"
@@ -230,7 +231,11 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	cfg, err = loadConfig(func(k string) string { return map[string]string{"GOMEMLIMIT": "256MiB"}[k] })
 	require.NoError(t, err)
 	require.Equal(t, serveGCPercent, cfg.gcPercent)
-	require.False(t, cfg.memoryLimit, "GOMEMLIMIT set: the runtime's own limit stands")
+	require.True(t, cfg.memoryLimit, "GOMEMLIMIT set: serve lowers it to its own limit if that is smaller")
+	own := serveMemoryLimit(httpapi.DefaultMaxConnections)
+	require.Equal(t, own, serveSoftLimit(math.MaxInt64, httpapi.DefaultMaxConnections), "GOMEMLIMIT unset")
+	require.Equal(t, own, serveSoftLimit(512<<20, httpapi.DefaultMaxConnections), "a container's limit above serve's own")
+	require.Equal(t, int64(256<<20), serveSoftLimit(256<<20, httpapi.DefaultMaxConnections), "a smaller GOMEMLIMIT wins")
 	cfg, err = loadConfig(func(k string) string {
 		return map[string]string{"MAX_CONNECTIONS": "50", "WRITE_BATCH_MAX": "1", "WRITE_WORKERS": "2"}[k]
 	})
