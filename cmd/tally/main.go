@@ -148,7 +148,7 @@ type config struct {
 	adminPortSet    bool // ADMIN_PORT was given; dev picks a free port otherwise
 	tokens          []httpapi.Token
 	gcPercent       int  // serve's GC percent; 0 leaves GOGC's setting
-	memoryLimit     bool // lower serve's soft memory limit to its own (GOGC is unset)
+	memoryLimit     bool // lower serve's soft memory limit to its own (GOGC unset, GOMEMLIMIT not off)
 }
 
 // serveGCPercent is serve's garbage collection target when GOGC is not set: collect when the
@@ -159,7 +159,7 @@ type config struct {
 // memory under a flood.
 const serveGCPercent = 400
 
-// serveMemoryLimit is serve's soft memory limit when GOGC is not set: twice what
+// serveMemoryLimit is serve's own soft memory limit (serveSoftLimit): twice what
 // maxConnections clients can make it hold (a request line and headers, a body and the
 // connection's buffers each, docs/operations.md), as Go's default GOGC=100 would allow, plus
 // room for the rest of the process. Under normal load the heap stays far below it; under a
@@ -200,7 +200,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if getenv("GOGC") == "" {
 		cfg.gcPercent = serveGCPercent
-		cfg.memoryLimit = true
+		cfg.memoryLimit = getenv("GOMEMLIMIT") != "off"
 	}
 	if p := getenv("PORT"); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
@@ -325,7 +325,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, listening chan<- s
 		debug.SetGCPercent(cfg.gcPercent)
 	}
 	if cfg.memoryLimit {
-		debug.SetMemoryLimit(serveSoftLimit(debug.SetMemoryLimit(-1), cfg.maxConnections))
+		limit := serveSoftLimit(debug.SetMemoryLimit(-1), cfg.maxConnections)
+		debug.SetMemoryLimit(limit)
+		log.Info("garbage collection", "gogc", cfg.gcPercent, "memory_limit_bytes", limit)
 	}
 	if cfg.migrateOnStart {
 		applied, err := postgres.Migrate(ctx, cfg.databaseURL)
