@@ -76,8 +76,10 @@ SQL
 # tally's write path reads every table by key with enable_seqscan off (postgres/write.go,
 # genericPlansSQL); tally-sql.sql does too: on a table analyzed while empty, its prepared uid
 # lookup would otherwise scan the whole table on every write.
-pgoptions=
-[ "$script" = tally-sql.sql ] && pgoptions="-c enable_seqscan=off"
+pgoptions=${PGOPTIONS:-}
+if [ "$script" = tally-sql.sql ]; then
+    pgoptions="$pgoptions -c enable_seqscan=off"
+fi
 out=$(PGOPTIONS="$pgoptions" "$pgbench" -n -c "$clients" -j 2 -T "$seconds" -M prepared -D users="$users" -f "$here/$script" "$db" 2>&1) || {
     echo "$out" >&2
     exit 1
