@@ -436,7 +436,7 @@ func TestWritePlansProbeByKeyBeforeAnyAnalyze(t *testing.T) {
 		require.NotRegexp(t, `Seq Scan on (users|transactions|outbox)\b`, plan, name)
 	}
 	require.Contains(t, plans["write"], "users_pkey", plans["write"])
-	require.Contains(t, plans["lockUserRows"], "users_pkey", plans["lockUserRows"])
+	require.Contains(t, plans["readUsers"], "users_pkey", plans["readUsers"])
 	require.Contains(t, plans["findUIDs"], "transactions_pkey", plans["findUIDs"])
 	require.Contains(t, plans["backDatedState"], "transactions_timeline", plans["backDatedState"])
 }

@@ -181,6 +181,7 @@ func (b *batcher) close() {
 
 type batchMetrics struct {
 	size, duration, queueWait prometheus.Histogram
+	guesses                   *prometheus.CounterVec
 }
 
 func newBatchMetrics() batchMetrics {
@@ -197,6 +198,10 @@ func newBatchMetrics() batchMetrics {
 			Name: "tally_write_queue_wait_seconds", Help: "Time a transaction request waited for a free write worker.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 		}),
+		guesses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_write_guesses_total",
+			Help: "Batches decided from this instance's copy of their users and sent in one round trip, by outcome: committed, or missed (decided again from the rows read).",
+		}, []string{"outcome"}),
 	}
 }
 
@@ -204,7 +209,7 @@ func newBatchMetrics() batchMetrics {
 // durations and queue waits, which stay empty when batching is off.
 func (db *DB) WriteCollector() prometheus.Collector {
 	m := db.metrics
-	return collectors{m.size, m.duration, m.queueWait}
+	return collectors{m.size, m.duration, m.queueWait, m.guesses}
 }
 
 // collectors is several collectors registered as one.

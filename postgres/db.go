@@ -24,6 +24,7 @@ type DB struct {
 	pool        *pgxpool.Pool
 	eventSource string
 	batcher     *batcher // nil when write batching is off
+	guesses     *guessCache
 	metrics     batchMetrics
 	layout      atomic.Int32 // layoutUnknown until the first query that tells
 }
@@ -131,7 +132,7 @@ func Open(ctx context.Context, databaseURL string, opts ...Option) (*DB, error) 
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{pool: pool, eventSource: DefaultEventSource, metrics: newBatchMetrics()}
+	db := &DB{pool: pool, eventSource: DefaultEventSource, guesses: newGuessCache(), metrics: newBatchMetrics()}
 	// Each worker holds a connection while it records a batch: leave one for reads and for
 	// the requests recorded alone.
 	o.workers = min(o.workers, max(1, int(cfg.MaxConns)-1))
@@ -216,27 +217,30 @@ func (db *DB) runTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // pipelinedTx is a read-committed transaction on one pooled connection whose BEGIN is sent
 // with the first batch and whose COMMIT with the last, saving two round trips a write.
 type pipelinedTx struct {
-	conn      *pgxpool.Conn
-	committed bool
+	conn             *pgxpool.Conn
+	begun, committed bool
 }
 
-func (tx *pipelinedTx) begin(ctx context.Context, batch *pgx.Batch) error {
-	queued := batch.QueuedQueries
-	batch.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, queued...)
-	return tx.conn.SendBatch(ctx, batch).Close()
-}
-
-func (tx *pipelinedTx) commit(ctx context.Context, batch *pgx.Batch) error {
-	batch.Queue("COMMIT")
+// send sends batch in one round trip, behind the BEGIN if it is the first, and followed by the
+// COMMIT if commit is set.
+func (tx *pipelinedTx) send(ctx context.Context, batch *pgx.Batch, commit bool) error {
+	if !tx.begun {
+		batch.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, batch.QueuedQueries...)
+		tx.begun = true
+	}
+	if commit {
+		batch.Queue("COMMIT")
+	}
 	if err := tx.conn.SendBatch(ctx, batch).Close(); err != nil {
 		return err
 	}
-	tx.committed = true
+	tx.committed = commit
 	return nil
 }
 
-// withPipelinedTx runs fn in a pipelined transaction: fn must call begin first and commit
-// last. Without a commit the transaction is rolled back, even if ctx was cancelled.
+// withPipelinedTx runs fn in a pipelined transaction: fn sends its batches with send, the
+// last with commit set. A transaction begun and not committed is rolled back, even if ctx was
+// cancelled.
 func (db *DB) withPipelinedTx(ctx context.Context, fn func(*pipelinedTx) error) error {
 	conn, err := db.pool.Acquire(ctx)
 	if err != nil {
@@ -245,7 +249,7 @@ func (db *DB) withPipelinedTx(ctx context.Context, fn func(*pipelinedTx) error) 
 	defer conn.Release() // a connection left in a transaction is closed, not reused
 	tx := &pipelinedTx{conn: conn}
 	err = fn(tx)
-	if !tx.committed {
+	if tx.begun && !tx.committed {
 		if _, rbErr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rbErr != nil && err == nil {
 			err = rbErr
 		}

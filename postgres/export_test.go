@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -39,6 +40,7 @@ func (db *DB) ExplainWrite(ctx context.Context, users []int64) (string, error) {
 		for _, e := range d.Events(0, 1) {
 			writes.event(e, db.eventSource)
 		}
+		// The users' rows as the callers insert them: last_seq and event_seq 0.
 		writes.user(id, &userState{UserState: ledger.UserState{Balance: balance, LastSeq: 1, LastTime: now}, eventSeq: 3})
 	}
 	tx, err := db.pool.Begin(ctx)
@@ -119,7 +121,7 @@ var DBErr = dbErr
 // EXPLAIN EXECUTE shows it under the write transaction's settings (genericPlansSQL).
 func (db *DB) WritePlans(ctx context.Context) (map[string]string, error) {
 	statements := map[string]string{"tryUsers": tryUsersSQL, "waitForUsers": waitForUsersSQL,
-		"lockUserRows": lockUserRowsSQL, "findUIDs": findUIDsSQL, "write": writeSQL,
+		"readUsers": readUsersSQL, "findUIDs": findUIDsSQL, "write": writeSQL,
 		"backDatedState": backDatedStateSQL, "shiftLater": shiftLaterSQL}
 	plans := map[string]string{}
 	for name, sql := range statements {
@@ -159,4 +161,18 @@ func explainGeneric(ctx context.Context, db *DB, sql string, params int) (string
 	}
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	return strings.Join(lines, "\n"), err
+}
+
+// GuessOutcomes counts the guessed batches that committed and those the database refused.
+func (db *DB) GuessOutcomes() (committed, missed float64) {
+	return testutil.ToFloat64(db.metrics.guesses.WithLabelValues("committed")),
+		testutil.ToFloat64(db.metrics.guesses.WithLabelValues("missed"))
+}
+
+// SkewGuessClock moves this instance's estimate of the database's clock by d, as a step of
+// this machine's clock would.
+func (db *DB) SkewGuessClock(d time.Duration) {
+	db.guesses.mu.Lock()
+	defer db.guesses.mu.Unlock()
+	db.guesses.offset += d
 }

@@ -20,12 +20,16 @@ import (
 // each request in arrival order with ledger.Decide, carrying each user's state forward in
 // memory, and write every row, stored answer, event and user update in one statement with the
 // COMMIT (the second round trip). A request alone is a batch of one; batcher.go groups
-// concurrent requests into larger batches.
+// concurrent requests into larger batches. A batch whose users this instance wrote last is
+// decided before anything is read, and written with its COMMIT in one round trip (guess.go).
 
-// A user's writes are serialized by an advisory lock on the user's key, taken before the row
-// lock: taking it gives the transaction no id, the row lock does, so each write to a user gets
-// its transaction id only once the previous one committed, and the outbox's transaction order
-// is each user's sequence order.
+// A user's writes are serialized by an advisory lock on the user's key. Taking it gives the
+// transaction no id, and the reads under it lock no row; the transaction gets its id at its
+// first write, so each write to a user gets its transaction id only once the previous one
+// committed, and the outbox's transaction order is each user's sequence order. A guessed
+// batch takes its users' locks in writeSQL itself, possibly after its first write; writeSQL
+// then refuses it if a user whose lock it took changed since the guess, and a user that did
+// not change has no event the order could break.
 
 // userLockKeySQL is the advisory lock key of user id: the id's high and low halves as two
 // int4s. That key space is apart from the one-bigint space of the migration lock and the
@@ -54,13 +58,12 @@ const genericPlansSQL = "SELECT set_config('plan_cache_mode', 'force_generic_pla
 // behind one slow user. Members whose user is busy are recorded alone, by their callers.
 const tryUsersSQL = `SELECT id FROM unnest($1::bigint[]) AS id WHERE NOT pg_try_advisory_xact_lock(` + userLockKeySQL + `)`
 
-// lockUserRowsSQL locks the rows of the users whose lock the transaction holds (taking it
-// again is free; a lock that came free since tryUsersSQL is taken now) in id order and reads
-// what Decide needs. Read committed gives it, and the uid lookup after it, a snapshot taken
-// once the user locks are held, so they see a write or a duplicate uid that committed before.
-const lockUserRowsSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users
-	WHERE id = ANY($1) AND pg_try_advisory_xact_lock(` + userLockKeySQL + `)
-	ORDER BY id FOR UPDATE`
+// readUsersSQL reads what Decide needs of the batch's users; those whose lock is busy are
+// read too, and their members recorded alone. Read committed gives it, and the uid lookup
+// after it, a snapshot taken once the user locks are held, so they see a write or a duplicate
+// uid that committed before. No row is locked: the advisory lock keeps every other tally
+// writer off the row, and writeSQL's UPDATE locks it.
+const readUsersSQL = `SELECT id, balance, last_seq, last_ts, event_seq, clock_timestamp() FROM users WHERE id = ANY($1)`
 
 const findUIDsSQL = "SELECT " + txColumns + ", response_status, response_body FROM transactions WHERE uid = ANY($1)"
 
@@ -79,6 +82,14 @@ const shiftLaterSQL = `UPDATE transactions SET balance_after = balance_after + $
 // mostly costs. Outbox positions follow the array order, which keeps each user's events in
 // sequence order. The users are updated through `id = ANY`, an index probe per user: joined to
 // an unnest instead, a thousand users were hash-joined against a scan of the whole table.
+//
+// It checks what the batch was decided against, and raises (tally_expect, SQLSTATE TL001)
+// unless every user's row still holds the last_seq and event_seq the decision started from
+// ($24, $25) and its lock is this transaction's (taken here if not yet: a busy user's row is
+// skipped, never waited for), and unless a guessed clock ($26, NULL when the clock was read
+// under the locks) lies within the database's last second. After reads under the locks the
+// check always holds; it is there for a batch decided from guess.go's copy. It returns the
+// database's clock, which guess.go keeps.
 const writeSQL = `WITH stored AS (
 		INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
 			reason, balance_after, response_status, response_body, created_at)
@@ -88,12 +99,27 @@ const writeSQL = `WITH stored AS (
 	events AS (
 		INSERT INTO outbox (id, user_id, user_seq, type, event)
 		SELECT e.id, e.user_id, e.seq, e.type, e.body::json
-		FROM unnest($14::uuid[], $15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS e(id, user_id, seq, type, body))
-	UPDATE users SET balance = ($20::bigint[])[array_position($19::bigint[], id)],
-		last_seq = ($21::bigint[])[array_position($19::bigint[], id)],
-		last_ts = ($22::timestamptz[])[array_position($19::bigint[], id)],
-		event_seq = ($23::bigint[])[array_position($19::bigint[], id)]
-	WHERE id = ANY($19::bigint[])`
+		FROM unnest($14::uuid[], $15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS e(id, user_id, seq, type, body)),
+	updated AS (
+		UPDATE users SET balance = ($20::bigint[])[array_position($19::bigint[], id)],
+			last_seq = ($21::bigint[])[array_position($19::bigint[], id)],
+			last_ts = ($22::timestamptz[])[array_position($19::bigint[], id)],
+			event_seq = ($23::bigint[])[array_position($19::bigint[], id)]
+		WHERE id = ANY($19::bigint[])
+			AND last_seq = ($24::bigint[])[array_position($19::bigint[], id)]
+			AND event_seq = ($25::bigint[])[array_position($19::bigint[], id)]
+			AND pg_try_advisory_xact_lock(` + userLockKeySQL + `)
+		RETURNING id)
+	SELECT tally_expect((SELECT count(*) FROM updated) = cardinality($19::bigint[])
+		AND ($26::timestamptz IS NULL OR $26 BETWEEN clock_timestamp() - interval '1 second' AND clock_timestamp())),
+		clock_timestamp()`
+
+// guessMissed tells the errors with which the database refuses a guessed batch: a row not as
+// guessed (tally_expect), or a uid already stored.
+func guessMissed(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "TL001" || pgErr.Code == "23505")
+}
 
 // On Citus (db.Distributed) a statement over an array of users reaches every shard, and an
 // INSERT ... SELECT FROM unnest is planned through the coordinator. The write path there
@@ -239,44 +265,121 @@ type userState struct {
 	ledger.UserState
 	eventSeq int64 // the user's last event sequence number
 	changed  bool
+	// The row's last_seq and event_seq as read or guessed, which writeSQL checks.
+	readSeq, readEventSeq int64
 }
 
-// recordOnce is one attempt at a batch, in one database transaction of two round trips (three
-// for a back-dated request alone).
+// loaded is what a batch's first round trip reads under its users' locks, or guessed.
+type loaded struct {
+	users  map[int64]*userState
+	busy   map[int64]bool // users whose lock another transaction holds
+	stored map[uuid.UUID]ledger.Outcome
+}
+
+// recordOnce is one attempt at a batch: a guessed batch in one round trip (guess.go), else,
+// or if the guess missed, a batch read under its users' locks in a transaction of two round
+// trips (three for a back-dated request alone).
 func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone, distributed bool) error {
-	return db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
-		load := loadState
-		if distributed {
-			load = loadStateRouted
-		}
-		users, busy, stored, err := load(ctx, tx, batch, alone)
-		if err != nil {
-			return err
-		}
-		var writes writeSet
-		seen := make(map[uuid.UUID]*writeRequest, len(batch))
-		for _, w := range batch {
-			if busy[w.req.UserID] && users[w.req.UserID] == nil {
-				w.alone = true
-				continue
-			}
-			if err := db.decide(ctx, tx, w, users, stored, seen, alone, &writes); err != nil {
+	if !alone && !distributed {
+		if users, now := db.guesses.guess(batch); users != nil {
+			done, err := db.recordGuessed(ctx, batch, users, now)
+			if done {
 				return err
 			}
 		}
-		for id, u := range users {
-			if u.changed {
-				writes.user(id, u)
-			}
+	}
+	state := &loaded{}
+	var clock clockReading
+	err := db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
+		queueLoad := queueLoadState
+		if distributed {
+			queueLoad = queueLoadStateRouted
 		}
-		return tx.commit(ctx, writes.queue(&pgx.Batch{}, distributed))
+		var q *pgx.Batch
+		q, state = queueLoad(batch, alone)
+		if err := tx.send(ctx, q, false); err != nil {
+			return err
+		}
+		writes, err := db.decideBatch(ctx, tx, batch, state, alone)
+		if err != nil {
+			return err
+		}
+		return tx.send(ctx, writes.queue(&pgx.Batch{}, distributed, &clock), true)
 	})
+	switch {
+	case err != nil:
+		// Whether the attempt committed or not, its users' rows are unknown now.
+		db.guesses.forget(batch)
+	case !distributed:
+		db.guesses.store(state.users, clock)
+	}
+	return err
 }
 
-// loadState takes the locks of the batch's users (waiting for them only when alone) and reads
-// their state and every stored transaction whose uid the batch carries, in the first round
-// trip. busy lists the users whose lock another transaction holds.
-func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alone bool) (users map[int64]*userState, busy map[int64]bool, stored map[uuid.UUID]ledger.Outcome, err error) {
+// recordGuessed records batch decided against users, guess.go's copy of its users, in one
+// round trip. It reports whether the batch is done: committed, failed, or left whole to its
+// members' callers. When the database refused the guess, the members are reset, to be decided
+// again from the rows.
+func (db *DB) recordGuessed(ctx context.Context, batch []*writeRequest, users map[int64]*userState, now time.Time) (bool, error) {
+	writes, err := db.decideBatch(ctx, nil, batch, &loaded{users: users}, false)
+	if err != nil || writes.empty() {
+		// Every member is recorded alone, by its caller: nothing to send.
+		return true, err
+	}
+	writes.guessedNow = pgtype.Timestamptz{Time: now, Valid: true}
+	var clock clockReading
+	err = db.withPipelinedTx(ctx, func(tx *pipelinedTx) error {
+		q := &pgx.Batch{}
+		q.Queue(genericPlansSQL)
+		return tx.send(ctx, writes.queue(q, false, &clock), true)
+	})
+	switch {
+	case err == nil:
+		db.guesses.outcome(true)
+		db.metrics.guesses.WithLabelValues("committed").Inc()
+		db.guesses.store(users, clock)
+		return true, nil
+	case guessMissed(err):
+		db.guesses.outcome(false)
+		db.metrics.guesses.WithLabelValues("missed").Inc()
+		db.guesses.forget(batch)
+		for _, w := range batch {
+			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
+		}
+		return false, nil
+	default:
+		db.guesses.forget(batch)
+		return true, err
+	}
+}
+
+// decideBatch decides every member of batch in arrival order against state, and returns what
+// the batch writes. A member whose user's lock is busy is marked alone. tx is used only by a
+// back-dated request alone.
+func (db *DB) decideBatch(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, state *loaded, alone bool) (writeSet, error) {
+	var writes writeSet
+	seen := make(map[uuid.UUID]*writeRequest, len(batch))
+	for _, w := range batch {
+		if state.busy[w.req.UserID] {
+			w.alone = true
+			continue
+		}
+		if err := db.decide(ctx, tx, w, state, seen, alone, &writes); err != nil {
+			return writes, err
+		}
+	}
+	for id, u := range state.users {
+		if u.changed {
+			writes.user(id, u)
+		}
+	}
+	return writes, nil
+}
+
+// queueLoadState queues the first round trip's statements: take the locks of the batch's
+// users (waiting for them only when alone), read their state and every stored transaction
+// whose uid the batch carries. The returned state is filled once the batch is sent.
+func queueLoadState(batch []*writeRequest, alone bool) (*pgx.Batch, *loaded) {
 	ids := make([]int64, 0, len(batch))
 	uids := make([]pgtype.UUID, 0, len(batch))
 	for _, w := range batch {
@@ -284,50 +387,46 @@ func loadState(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, alon
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	users, busy, stored = make(map[int64]*userState, len(ids)), map[int64]bool{}, map[uuid.UUID]ledger.Outcome{}
+	state := &loaded{users: make(map[int64]*userState, len(ids)), busy: map[int64]bool{}, stored: map[uuid.UUID]ledger.Outcome{}}
 	q := &pgx.Batch{}
 	q.Queue(genericPlansSQL)
 	if alone {
 		q.Queue(waitForUsersSQL, ids)
 	} else {
-		q.Queue(tryUsersSQL, ids).Query(scanBigints(func(id int64) { busy[id] = true }))
+		q.Queue(tryUsersSQL, ids).Query(scanBigints(func(id int64) { state.busy[id] = true }))
 	}
-	q.Queue(lockUserRowsSQL, ids).Query(scanUserStates(users))
-	q.Queue(findUIDsSQL, uids).Query(scanStored(stored))
-	return users, busy, stored, tx.begin(ctx, q)
+	q.Queue(readUsersSQL, ids).Query(scanUserStates(state.users))
+	q.Queue(findUIDsSQL, uids).Query(scanStored(state.stored))
+	return q, state
 }
 
-// loadStateRouted is loadState in statements Citus routes to one shard each: per user, its
-// row lock (the transaction waits for it: the user's busy list stays empty); per request, its
-// uid among the user's transactions and in transaction_uids. A uid stored for another user
-// comes back as a transaction of that user, which no request of this user matches.
-func loadStateRouted(ctx context.Context, tx *pipelinedTx, batch []*writeRequest, _ bool) (users map[int64]*userState, busy map[int64]bool, stored map[uuid.UUID]ledger.Outcome, err error) {
+// queueLoadStateRouted is queueLoadState in statements Citus routes to one shard each: per
+// user, its row lock (the transaction waits for it: the user's busy list stays empty); per
+// request, its uid among the user's transactions and in transaction_uids. A uid stored for
+// another user comes back as a transaction of that user, which no request of this user
+// matches.
+func queueLoadStateRouted(batch []*writeRequest, _ bool) (*pgx.Batch, *loaded) {
 	ids := make([]int64, 0, len(batch))
 	for _, w := range batch {
 		ids = append(ids, w.req.UserID)
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	users, busy, stored = make(map[int64]*userState, len(ids)), map[int64]bool{}, map[uuid.UUID]ledger.Outcome{}
+	state := &loaded{users: make(map[int64]*userState, len(ids)), busy: map[int64]bool{}, stored: map[uuid.UUID]ledger.Outcome{}}
 	q := &pgx.Batch{}
 	for _, id := range ids {
-		q.Queue(lockUserRowSQL, id).Query(scanUserStates(users))
+		q.Queue(lockUserRowSQL, id).Query(scanUserStates(state.users))
 	}
-	owners := make(map[uuid.UUID]int64, len(batch))
 	for _, w := range batch {
-		q.Queue(findUserUIDSQL, w.req.UserID, w.req.UID).Query(scanStored(stored))
+		q.Queue(findUserUIDSQL, w.req.UserID, w.req.UID).Query(scanStored(state.stored))
 		uid := w.req.UID
-		q.Queue(findUIDOwnerSQL, uid).Query(scanBigints(func(owner int64) { owners[uid] = owner }))
+		q.Queue(findUIDOwnerSQL, uid).Query(scanBigints(func(owner int64) {
+			if _, ok := state.stored[uid]; !ok {
+				state.stored[uid] = ledger.Outcome{Tx: ledger.Transaction{UID: uid, UserID: owner}, Replayed: true}
+			}
+		}))
 	}
-	if err := tx.begin(ctx, q); err != nil {
-		return nil, nil, nil, err
-	}
-	for uid, owner := range owners {
-		if _, ok := stored[uid]; !ok {
-			stored[uid] = ledger.Outcome{Tx: ledger.Transaction{UID: uid, UserID: owner}, Replayed: true}
-		}
-	}
-	return users, busy, stored, nil
+	return q, state
 }
 
 // scanBigints calls add with the bigint of each row.
@@ -344,7 +443,7 @@ func scanBigints(add func(int64)) func(pgx.Rows) error {
 	}
 }
 
-// scanUserStates reads the rows of lockUserRowsSQL or lockUserRowSQL into users.
+// scanUserStates reads the rows of readUsersSQL or lockUserRowSQL into users.
 func scanUserStates(users map[int64]*userState) func(pgx.Rows) error {
 	return func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -358,6 +457,7 @@ func scanUserStates(users map[int64]*userState) func(pgx.Rows) error {
 			if lastTime != nil {
 				u.LastTime = *lastTime
 			}
+			u.readSeq, u.readEventSeq = u.LastSeq, u.eventSeq
 			users[id] = u
 		}
 		return rows.Err()
@@ -385,10 +485,10 @@ func scanStored(stored map[uuid.UUID]ledger.Outcome) func(pgx.Rows) error {
 // the batch with the same uid, exactly as a retry across batches would be. Back-dating moves
 // later rows and needs reads of its own, so only a request recorded alone does it; in a batch
 // such a request is marked alone and recorded again by its caller.
-func (db *DB) decide(ctx context.Context, tx *pipelinedTx, w *writeRequest, users map[int64]*userState,
-	stored map[uuid.UUID]ledger.Outcome, seen map[uuid.UUID]*writeRequest, alone bool, writes *writeSet) error {
+func (db *DB) decide(ctx context.Context, tx *pipelinedTx, w *writeRequest, in *loaded,
+	seen map[uuid.UUID]*writeRequest, alone bool, writes *writeSet) error {
 	req := w.req
-	if first, ok := stored[req.UID]; ok {
+	if first, ok := in.stored[req.UID]; ok {
 		if !req.Matches(first.Tx) {
 			w.err = idempotencyConflict(req, first.Tx)
 			return nil
@@ -407,7 +507,7 @@ func (db *DB) decide(ctx context.Context, tx *pipelinedTx, w *writeRequest, user
 		}
 		return nil
 	}
-	u, ok := users[req.UserID]
+	u, ok := in.users[req.UserID]
 	if !ok {
 		// Nothing is stored, so a later member with this uid is decided on its own.
 		w.err = ledger.NotFound("user %d does not exist", req.UserID)
@@ -464,6 +564,8 @@ type shift struct {
 // text form).
 type writeSet struct {
 	shift *shift
+	// guessedNow is the clock a guessed batch was decided with; invalid when read under the locks.
+	guessedNow pgtype.Timestamptz
 
 	uids                      []pgtype.UUID
 	userIDs, seqs, amounts    []int64
@@ -480,6 +582,7 @@ type writeSet struct {
 	users, balances, lastSeqs []int64
 	lastTimes                 []pgtype.Timestamptz
 	eventSeqsByUser           []int64
+	readSeqs, readEventSeqs   []int64
 }
 
 func (s *writeSet) transaction(t ledger.Transaction, reply ledger.Reply) {
@@ -506,12 +609,17 @@ func (s *writeSet) user(id int64, u *userState) {
 	last := pgtype.Timestamptz{Time: u.LastTime, Valid: !u.LastTime.IsZero()}
 	s.users, s.balances, s.lastSeqs = append(s.users, id), append(s.balances, int64(u.Balance)), append(s.lastSeqs, u.LastSeq)
 	s.lastTimes, s.eventSeqsByUser = append(s.lastTimes, last), append(s.eventSeqsByUser, u.eventSeq)
+	s.readSeqs, s.readEventSeqs = append(s.readSeqs, u.readSeq), append(s.readEventSeqs, u.readEventSeq)
 }
+
+// empty reports whether the batch writes nothing: every member was a replay, a refusal that
+// stores nothing, or left to be recorded alone.
+func (s *writeSet) empty() bool { return len(s.uids) == 0 && s.shift == nil }
 
 // queue adds the batch's writes to q: nothing when every member was a replay or a refusal
 // that stores nothing. routed writes with the scalar statements Citus routes to one shard
-// each, instead of writeSQL.
-func (s *writeSet) queue(q *pgx.Batch, routed bool) *pgx.Batch {
+// each, instead of writeSQL, which sets clock.
+func (s *writeSet) queue(q *pgx.Batch, routed bool, clock *clockReading) *pgx.Batch {
 	if s.shift != nil {
 		sh := s.shift
 		q.Queue(shiftLaterSQL, sh.userID, sh.after, sh.by).Exec(func(tag pgconn.CommandTag) error {
@@ -536,7 +644,12 @@ func (s *writeSet) queue(q *pgx.Batch, routed bool) *pgx.Batch {
 	if len(s.uids) == 0 {
 		return q
 	}
-	q.Queue(writeSQL, s.args()...)
+	q.Queue(writeSQL, s.args()...).QueryRow(func(row pgx.Row) error {
+		var ok bool
+		err := row.Scan(&ok, &clock.database)
+		clock.at = time.Now()
+		return err
+	})
 	return q
 }
 
@@ -554,7 +667,7 @@ func (s *writeSet) args() []any {
 		permute(s.reasons, order), permute(s.balanceAfter, order), permute(s.replyStatus, order),
 		permute(s.replyBody, order), permute(s.createdAt, order),
 		s.eventIDs, s.eventUsers, s.eventSeqs, s.eventTypes, s.eventBodies,
-		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser}
+		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser, s.readSeqs, s.readEventSeqs, s.guessedNow}
 }
 
 func permute[T any](xs []T, order []int) []T {

@@ -1,0 +1,131 @@
+package postgres
+
+import (
+	"sync"
+	"time"
+)
+
+// A batch whose users this instance wrote last can be decided before anything is read: from
+// the users' rows as this instance last committed or read them, and the database's clock as
+// the last commit reported it. The batch is then written with its COMMIT in one round trip
+// instead of two, and writeSQL checks the guess under the users' locks, which it takes: every
+// user's row unchanged, every user's lock free or already held, the guessed time inside the
+// database's last second, and (by the primary key) no uid stored. If the check fails, as when
+// another instance wrote a user or a client retried, the transaction is rolled back and the
+// batch recorded again from the rows read under its locks: a miss costs the round trip and the
+// statement it wasted, and pgx prepares that round trip's statements again. The copy only
+// chooses what to send; the database checks every guess.
+
+// guessCache holds the users' rows as this instance last committed them, and the database's
+// clock relative to this machine's.
+type guessCache struct {
+	mu    sync.Mutex
+	users map[int64]userState
+	// offset is the database's clock minus this machine's, as the latest commit bounds it from
+	// below: the database read its clock before the answer arrived. The estimate trails the
+	// database by about a round trip, so a guessed time is never in the database's future.
+	offset     time.Duration
+	clockKnown bool
+
+	// Guessing pauses while most guesses miss, as when instances write the same users in turn.
+	window, missed, paused int
+}
+
+// Bounds of the guessing. guessUsers bounds the memory of the copy (about 100 bytes a user).
+// A window of guessWindow guesses with more than guessMissLimit misses pauses guessing for
+// guessPause batches: a miss costs more than the round trip a hit saves.
+const (
+	guessUsers     = 1 << 16
+	guessWindow    = 32
+	guessMissLimit = 8
+	guessPause     = 1024
+)
+
+func newGuessCache() *guessCache {
+	return &guessCache{users: make(map[int64]userState)}
+}
+
+// guess returns a copy of the state of every user of batch, with the database's clock
+// estimated for requests without a timestamp, or nil if any user is not known or guessing
+// is paused.
+func (c *guessCache) guess(batch []*writeRequest) (map[int64]*userState, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.clockKnown {
+		return nil, time.Time{}
+	}
+	if c.paused > 0 {
+		c.paused--
+		return nil, time.Time{}
+	}
+	now := time.Now().Add(c.offset).UTC().Truncate(time.Microsecond)
+	users := make(map[int64]*userState, len(batch))
+	for _, w := range batch {
+		id := w.req.UserID
+		if users[id] != nil {
+			continue
+		}
+		u, ok := c.users[id]
+		if !ok {
+			return nil, time.Time{}
+		}
+		u.Now = now
+		users[id] = &u
+	}
+	return users, now
+}
+
+// outcome counts a guess that committed (hit) or that the database refused.
+func (c *guessCache) outcome(hit bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.window++
+	if !hit {
+		c.missed++
+	}
+	if c.window == guessWindow {
+		if c.missed > guessMissLimit {
+			c.paused = guessPause
+		}
+		c.window, c.missed = 0, 0
+	}
+}
+
+// store keeps the users' states a committed batch leaves, and the clock its write read. A
+// state older than the one kept (a lower last_seq, from a batch that committed
+// earlier but reported later) is ignored.
+func (c *guessCache) store(users map[int64]*userState, clock clockReading) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !clock.at.IsZero() {
+		c.offset, c.clockKnown = clock.database.Sub(clock.at), true
+	}
+	for id, u := range users {
+		if kept, ok := c.users[id]; ok && kept.LastSeq > u.LastSeq {
+			continue
+		}
+		if len(c.users) >= guessUsers {
+			if _, ok := c.users[id]; !ok {
+				for other := range c.users {
+					delete(c.users, other)
+					break
+				}
+			}
+		}
+		c.users[id] = userState{UserState: u.UserState, eventSeq: u.eventSeq, readSeq: u.LastSeq, readEventSeq: u.eventSeq}
+	}
+}
+
+// forget drops the batch's users, whose rows are unknown after a failed attempt.
+func (c *guessCache) forget(batch []*writeRequest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, w := range batch {
+		delete(c.users, w.req.UserID)
+	}
+}
+
+// clockReading is the database's clock as a round trip read it, and when its answer arrived.
+type clockReading struct {
+	database, at time.Time
+}
