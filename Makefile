@@ -19,9 +19,10 @@ run: build
 
 # The Go tests and the acceptance suite run under internal/testenv, which starts a private
 # PostgreSQL and an embedded NATS when TEST_DATABASE_URL and NATS_URL are unset and nothing
-# answers on 127.0.0.1:5432 and :4222, and stops them at the end.
+# answers on 127.0.0.1:5432 and :4222, and stops them at the end. It installs the Python test
+# packages and wrk (bench's load through another client) from Debian's packages when missing.
 test: lint
-	$(GO) run ./internal/testenv -python /usr/bin/python3 -- $(MAKE) --no-print-directory gotest acceptance
+	$(GO) run ./internal/testenv -python /usr/bin/python3 -commands wrk -- $(MAKE) --no-print-directory gotest acceptance
 
 # tally on a private Citus cluster of a coordinator and two workers, which internal/testenv
 # starts from the local PostgreSQL with Citus (../shared/vendor/citus/build.sh, or Citus's

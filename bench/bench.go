@@ -60,6 +60,7 @@ type config struct {
 	retryDelay    time.Duration
 	jsonFile      string
 	writesFile    string
+	loadWith      string
 	verify        bool
 	verifySample  int
 	natsURL       string
@@ -132,6 +133,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	flags.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "timeout of one attempt")
 	flags.IntVar(&cfg.maxAttempts, "attempts", 5, "attempts per request, the first included")
 	flags.StringVar(&cfg.jsonFile, "json", "", "write the results, with a per-second time series, to this JSON file")
+	flags.StringVar(&cfg.loadWith, "load-with", "", "a shell command that sends the load instead of bench's own workers, such as wrk with bench/wrk-writes.lua; it gets $TALLY_URL, $TALLY_USERS (a file of user ids) and $TALLY_WRITES (where to log its writes), and its writes are reported and audited")
 	flags.StringVar(&cfg.writesFile, "writes", "", "write every write sent (uid, user, type, amount, timestamp, first answer) to this JSON-lines file")
 	flags.BoolVar(&cfg.verify, "verify", false, "after the load, audit the API and the database (needs --database-url)")
 	flags.StringVar(&cfg.natsURL, "nats-url", "", "with --verify: also check that every applied transaction reached this NATS server's stream exactly once")
@@ -299,10 +301,27 @@ func (b *bench) load(ctx context.Context) (*Results, []writeRecord, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("setup: %w", err)
 	}
-	fmt.Fprintf(b.stderr, "loading %d users through %d URL(s) for %s with %s\n", len(b.users), len(b.cfg.urls), b.cfg.duration, b.shape())
-	elapsed, writes, violations := b.runWorkers(ctx)
+	var (
+		elapsed    time.Duration
+		writes     []writeRecord
+		violations []Violation
+		answers    int64
+	)
+	if b.cfg.loadWith != "" {
+		fmt.Fprintf(b.stderr, "loading %d users with: %s\n", len(b.users), b.cfg.loadWith)
+		if elapsed, writes, answers, err = b.runExternal(ctx); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		fmt.Fprintf(b.stderr, "loading %d users through %d URL(s) for %s with %s\n", len(b.users), len(b.cfg.urls), b.cfg.duration, b.shape())
+		elapsed, writes, violations = b.runWorkers(ctx)
+	}
 	writes = append(setupWrites, writes...)
 	res := b.results(elapsed, writes, violations)
+	if b.cfg.loadWith != "" {
+		// The command reports its own latencies; its rate is the answers it logged.
+		res.Requests, res.Throughput = answers, float64(answers)/elapsed.Seconds()
+	}
 	res.print(b.stdout)
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("interrupted: %w", err)

@@ -54,6 +54,7 @@ func run(args, environ []string, stdout, stderr io.Writer, signals <-chan os.Sig
 	pgProbe := flags.String("postgres", "127.0.0.1:5432", "where to look for a running PostgreSQL")
 	natsProbe := flags.String("nats", "127.0.0.1:4222", "where to look for a running NATS")
 	python := flags.String("python", "", "an interpreter that must have pytest and requests")
+	commands := flags.String("commands", "", "commands the tests run, comma-separated, each installed from Debian's package of the same name when missing")
 	citusWorkers := flags.Int("citus", 0, "start a private Citus cluster with this many workers instead of using a PostgreSQL")
 	if err := flags.Parse(args); err != nil {
 		return 2, err
@@ -65,6 +66,11 @@ func run(args, environ []string, stdout, stderr io.Writer, signals <-chan os.Sig
 	ctx := context.Background()
 	if *python != "" {
 		if err := pythonModules(ctx, *python, os.Geteuid() == 0, stderr); err != nil {
+			return 1, err
+		}
+	}
+	if *commands != "" {
+		if err := installCommands(ctx, strings.Split(*commands, ","), os.Geteuid() == 0, stderr); err != nil {
 			return 1, err
 		}
 	}
@@ -184,8 +190,35 @@ func pythonModules(ctx context.Context, python string, root bool, stderr io.Writ
 		return fmt.Errorf("%s cannot import pytest and requests, which the acceptance suite needs; install them with:\n"+
 			"  sudo apt-get install -y %s", python, packages)
 	}
-	fmt.Fprintf(stderr, "testenv: installing %s\n", packages)
-	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, strings.Fields(packages)...)} {
+	if err := aptInstall(ctx, strings.Fields(packages), stderr); err != nil {
+		return err
+	}
+	return check()
+}
+
+// installCommands makes sure each command is on PATH: as root it installs Debian's package of
+// the same name, otherwise it says the command to run.
+func installCommands(ctx context.Context, commands []string, root bool, stderr io.Writer) error {
+	var missing []string
+	for _, c := range commands {
+		if _, err := exec.LookPath(c); err != nil {
+			missing = append(missing, c)
+		}
+	}
+	switch {
+	case len(missing) == 0:
+		return nil
+	case !root:
+		return fmt.Errorf("the tests need %s; install with:\n  sudo apt-get install -y %s",
+			strings.Join(missing, ", "), strings.Join(missing, " "))
+	}
+	return aptInstall(ctx, missing, stderr)
+}
+
+// aptInstall installs Debian's packages.
+func aptInstall(ctx context.Context, packages []string, stderr io.Writer) error {
+	fmt.Fprintf(stderr, "testenv: installing %s\n", strings.Join(packages, " "))
+	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, packages...)} {
 		apt := exec.CommandContext(ctx, "apt-get", args...)
 		apt.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		apt.Stdout, apt.Stderr = stderr, stderr
@@ -193,5 +226,5 @@ func pythonModules(ctx context.Context, python string, root bool, stderr io.Writ
 			return fmt.Errorf("apt-get %s: %w", args[0], err)
 		}
 	}
-	return check()
+	return nil
 }

@@ -171,6 +171,13 @@ func TestExitCodeAndSignals(t *testing.T) {
 	require.Equal(t, 2, code)
 }
 
+func TestInstallCommandsSaysWhatIsMissing(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, installCommands(context.Background(), []string{"sh"}, false, &bytes.Buffer{}))
+	err := installCommands(context.Background(), []string{"sh", "tally-no-such-command"}, false, &bytes.Buffer{})
+	require.ErrorContains(t, err, "sudo apt-get install -y tally-no-such-command")
+}
+
 func TestPythonModules(t *testing.T) {
 	t.Parallel()
 	fake := func(t *testing.T, exit int) string {

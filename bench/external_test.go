@@ -1,0 +1,71 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// wrk, with bench/wrk-writes.lua, sends the load; bench reports the writes it logged and
+// audits them with its own.
+func TestLoadWithWrkIsAudited(t *testing.T) {
+	t.Parallel()
+	_, err := exec.LookPath("wrk")
+	require.NoError(t, err, "this test needs wrk (Debian: apt-get install wrk)")
+	script, err := filepath.Abs("wrk-writes.lua")
+	require.NoError(t, err)
+	f := setup(t)
+	jsonFile := filepath.Join(t.TempDir(), "results.json")
+	var stdout, stderr bytes.Buffer
+	err = Run(context.Background(), []string{"--url", f.urls, "--database-url", f.databaseURL, "--users", "5",
+		"--workers", "4", "--initial", "3.00", "--verify", "--verify-sample", "20", "--json", jsonFile,
+		"--load-with", `wrk -t2 -c4 -d1s -s ` + script + ` "$TALLY_URL"`}, &stdout, &stderr)
+	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	require.Contains(t, stderr.String(), "Requests/sec", "wrk's own report")
+
+	res := readCleanResults(t, jsonFile)
+	require.Greater(t, res.Writes.Sent, 100, "wrk's writes on top of the 5 initial deposits")
+	require.Positive(t, res.Writes.Applied)
+	require.Positive(t, res.Writes.Refused, "withdrawals of 1.00 from users with little left")
+	require.Positive(t, res.Throughput)
+}
+
+// A write the command logged as answered 200 that tally never stored is a violation, and so is
+// a row of the run's users that no one sent.
+func TestLoadWithFindsWhatItsLogDoesNotMatch(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	bodyFile := filepath.Join(t.TempDir(), "body")
+	body := `{"uid":"7d2f1c4e-0000-4000-8000-000000000001","user_id":1,"type":"DEPOSIT","amount":"1.00","status":"APPLIED"}`
+	require.NoError(t, os.WriteFile(bodyFile, []byte(body), 0o644))
+	command := `{ printf 'sent 7d2f1c4e-0000-4000-8000-000000000001 1 DEPOSIT 1.00\nanswer 200 %d\n' $(wc -c < ` + bodyFile +
+		`); cat ` + bodyFile + `; echo; } > "$TALLY_WRITES.1"`
+	var stdout, stderr bytes.Buffer
+	err := Run(context.Background(), []string{"--url", f.urls, "--database-url", f.databaseURL, "--users", "2",
+		"--workers", "2", "--verify", "--load-with", command}, &stdout, &stderr)
+	require.Error(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	require.Contains(t, stdout.String(), "FAIL acknowledged writes stored once")
+	require.Contains(t, stdout.String(), "7d2f1c4e-0000-4000-8000-000000000001")
+}
+
+func TestReadExternalLogRefusesCutLines(t *testing.T) {
+	t.Parallel()
+	for name, log := range map[string]string{
+		"body cut short":   "sent a 1 DEPOSIT 1.00\nanswer 200 50\n{}\n",
+		"answer unsent":    "answer 200 13\n{\"uid\":\"zz\"}\n",
+		"unknown line":     "hello\n",
+		"amount malformed": "sent a 1 DEPOSIT 1.0x\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "log")
+			require.NoError(t, os.WriteFile(path, []byte(log), 0o644))
+			_, _, err := readExternalLog(path)
+			require.Error(t, err)
+		})
+	}
+}
