@@ -3,14 +3,16 @@ package postgres
 import (
 	"sync"
 	"time"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // A batch whose users this instance wrote last can be decided before anything is read: from
 // the users' rows as this instance last committed or read them, and the database's clock as
 // the last commit reported it. The batch is then written with its COMMIT in one round trip
 // instead of two, and writeSQL checks the guess under the users' locks, which it takes: every
-// user's row unchanged, every user's lock free or already held, the guessed time inside the
-// database's last second, and (by the primary key) no uid stored. If the check fails, as when
+// user's row as the decision read it, every user's lock free or already held, the guessed time
+// just behind the database's clock, and (by the primary key) no uid stored. If the check fails, as when
 // another instance wrote a user or a client retried, the transaction is rolled back and the
 // batch recorded again from the rows read under its locks: a miss costs the round trip and the
 // statement it wasted, and pgx prepares that round trip's statements again. The copy only
@@ -21,17 +23,20 @@ import (
 type guessCache struct {
 	mu    sync.Mutex
 	users map[int64]userState
-	// offset is the database's clock minus this machine's, as the latest commit bounds it from
-	// below: the database read its clock before the answer arrived. The estimate trails the
-	// database by about a round trip, so a guessed time is never in the database's future.
+	// offset is the database's clock minus this machine's, as commits bound it from below: the
+	// database read its clock before the answer arrived, so a guessed time is never in the
+	// database's future. It is the tightest bound of the current clock epoch, which is the
+	// bound of the fastest round trip; a new epoch every clockEpoch follows a clock that
+	// stepped.
 	offset     time.Duration
 	clockKnown bool
+	epochStart time.Time
 
 	// Guessing pauses while most guesses miss, as when instances write the same users in turn.
 	window, missed, paused int
 }
 
-// Bounds of the guessing. guessUsers bounds the memory of the copy (about 100 bytes a user).
+// Bounds of the guessing. guessUsers bounds the memory of the copy (about 200 bytes a user).
 // A window of guessWindow guesses with more than guessMissLimit misses pauses guessing for
 // guessPause batches: a miss costs more than the round trip a hit saves.
 const (
@@ -98,7 +103,7 @@ func (c *guessCache) store(users map[int64]*userState, clock clockReading) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !clock.at.IsZero() {
-		c.offset, c.clockKnown = clock.database.Sub(clock.at), true
+		c.clock(clock)
 	}
 	for id, u := range users {
 		if kept, ok := c.users[id]; ok && kept.LastSeq > u.LastSeq {
@@ -112,17 +117,37 @@ func (c *guessCache) store(users map[int64]*userState, clock clockReading) {
 				}
 			}
 		}
-		c.users[id] = userState{UserState: u.UserState, eventSeq: u.eventSeq, readSeq: u.LastSeq, readEventSeq: u.eventSeq}
+		c.users[id] = userState{UserState: ledger.UserState{Balance: u.Balance, LastSeq: u.LastSeq, LastTime: u.LastTime},
+			eventSeq: u.eventSeq, read: u.row()}
 	}
 }
 
-// forget drops the batch's users, whose rows are unknown after a failed attempt.
-func (c *guessCache) forget(batch []*writeRequest) {
+// forget drops the batch's users, whose rows are unknown after a failed attempt; all users
+// when the database was lost, since it may come back without commits this instance saw (an
+// asynchronous standby promoted, a backup restored).
+func (c *guessCache) forget(batch []*writeRequest, databaseLost bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if databaseLost {
+		clear(c.users)
+		return
+	}
 	for _, w := range batch {
 		delete(c.users, w.req.UserID)
 	}
+}
+
+// clockEpoch is how long the tightest bound of the clock offset is kept.
+const clockEpoch = time.Second
+
+// clock takes a reading of the database's clock into the offset.
+func (c *guessCache) clock(r clockReading) {
+	offset := r.database.Sub(r.at)
+	if !c.clockKnown || r.at.Sub(c.epochStart) > clockEpoch {
+		c.offset, c.clockKnown, c.epochStart = offset, true, r.at
+		return
+	}
+	c.offset = max(c.offset, offset)
 }
 
 // clockReading is the database's clock as a round trip read it, and when its answer arrived.

@@ -84,12 +84,12 @@ const shiftLaterSQL = `UPDATE transactions SET balance_after = balance_after + $
 // an unnest instead, a thousand users were hash-joined against a scan of the whole table.
 //
 // It checks what the batch was decided against, and raises (tally_expect, SQLSTATE TL001)
-// unless every user's row still holds the last_seq and event_seq the decision started from
-// ($24, $25) and its lock is this transaction's (taken here if not yet: a busy user's row is
-// skipped, never waited for), and unless a guessed clock ($26, NULL when the clock was read
-// under the locks) lies within the database's last second. After reads under the locks the
-// check always holds; it is there for a batch decided from guess.go's copy. It returns the
-// database's clock, which guess.go keeps.
+// unless every user's row still holds everything the decision read of it (balance, last_seq,
+// last_ts, event_seq: $24 to $27) and its lock is this transaction's (taken here if not yet:
+// a busy user's row is skipped, never waited for), and unless a guessed clock ($28, NULL when
+// the clock was read under the locks) lies within the database's last guessedClockWindow.
+// After reads under the locks the check always holds; it is there for a batch decided from
+// guess.go's copy. It returns the database's clock, which guess.go keeps.
 const writeSQL = `WITH stored AS (
 		INSERT INTO transactions (uid, user_id, seq, type, amount, ts, timestamp_given, status,
 			reason, balance_after, response_status, response_body, created_at)
@@ -106,13 +106,21 @@ const writeSQL = `WITH stored AS (
 			last_ts = ($22::timestamptz[])[array_position($19::bigint[], id)],
 			event_seq = ($23::bigint[])[array_position($19::bigint[], id)]
 		WHERE id = ANY($19::bigint[])
-			AND last_seq = ($24::bigint[])[array_position($19::bigint[], id)]
-			AND event_seq = ($25::bigint[])[array_position($19::bigint[], id)]
+			AND balance = ($24::bigint[])[array_position($19::bigint[], id)]
+			AND last_seq = ($25::bigint[])[array_position($19::bigint[], id)]
+			AND last_ts IS NOT DISTINCT FROM ($26::timestamptz[])[array_position($19::bigint[], id)]
+			AND event_seq = ($27::bigint[])[array_position($19::bigint[], id)]
 			AND pg_try_advisory_xact_lock(` + userLockKeySQL + `)
 		RETURNING id)
 	SELECT tally_expect((SELECT count(*) FROM updated) = cardinality($19::bigint[])
-		AND ($26::timestamptz IS NULL OR $26 BETWEEN clock_timestamp() - interval '1 second' AND clock_timestamp())),
+		AND ($28::timestamptz IS NULL OR $28 BETWEEN clock_timestamp() - interval '` + guessedClockWindow + `' AND clock_timestamp())),
 		clock_timestamp()`
+
+// guessedClockWindow is how far in the database's past a guessed clock may lie. The estimate
+// trails the database by about the fastest recent round trip (guess.go); a clock further
+// behind (this machine's clock stepped, or the process stalled) is refused, and the batch
+// reads the clock instead.
+const guessedClockWindow = "1 second"
 
 // guessMissed tells the errors with which the database refuses a guessed batch: a row not as
 // guessed (tally_expect), or a uid already stored.
@@ -221,7 +229,7 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distribu
 			}
 			return struct{}{}, db.recordOnce(ctx, batch, alone, distributed)
 		})
-		if err == nil || lost == lostConnectionAttempts || ledger.ErrorCode(dbErr(err)) != ledger.CodeUnavailable ||
+		if err == nil || lost == lostConnectionAttempts || !databaseLost(err) ||
 			!sleep(ctx, time.Duration(lost)*20*time.Millisecond) {
 			break
 		}
@@ -244,7 +252,7 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distribu
 		}
 		return
 	}
-	if len(batch) == 1 || ledger.ErrorCode(dbErr(err)) == ledger.CodeUnavailable {
+	if len(batch) == 1 || databaseLost(err) {
 		for _, w := range batch {
 			w.out, w.err = ledger.Outcome{}, err
 		}
@@ -265,8 +273,20 @@ type userState struct {
 	ledger.UserState
 	eventSeq int64 // the user's last event sequence number
 	changed  bool
-	// The row's last_seq and event_seq as read or guessed, which writeSQL checks.
-	readSeq, readEventSeq int64
+	// The row as read or guessed, which writeSQL checks.
+	read rowState
+}
+
+// row is the user's row as this state would store it.
+func (u *userState) row() rowState {
+	return rowState{balance: u.Balance, lastSeq: u.LastSeq, eventSeq: u.eventSeq, lastTime: u.LastTime}
+}
+
+// rowState is what the write path reads of a user's row.
+type rowState struct {
+	balance           ledger.Amount
+	lastSeq, eventSeq int64
+	lastTime          time.Time
 }
 
 // loaded is what a batch's first round trip reads under its users' locks, or guessed.
@@ -309,7 +329,7 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone, dist
 	switch {
 	case err != nil:
 		// Whether the attempt committed or not, its users' rows are unknown now.
-		db.guesses.forget(batch)
+		db.guesses.forget(batch, databaseLost(err))
 	case !distributed:
 		db.guesses.store(state.users, clock)
 	}
@@ -342,16 +362,19 @@ func (db *DB) recordGuessed(ctx context.Context, batch []*writeRequest, users ma
 	case guessMissed(err):
 		db.guesses.outcome(false)
 		db.metrics.guesses.WithLabelValues("missed").Inc()
-		db.guesses.forget(batch)
+		db.guesses.forget(batch, false)
 		for _, w := range batch {
 			w.out, w.err, w.alone = ledger.Outcome{}, nil, false
 		}
 		return false, nil
 	default:
-		db.guesses.forget(batch)
+		db.guesses.forget(batch, databaseLost(err))
 		return true, err
 	}
 }
+
+// databaseLost reports whether err says that the database was lost or refuses writes.
+func databaseLost(err error) bool { return ledger.ErrorCode(dbErr(err)) == ledger.CodeUnavailable }
 
 // decideBatch decides every member of batch in arrival order against state, and returns what
 // the batch writes. A member whose user's lock is busy is marked alone. tx is used only by a
@@ -457,7 +480,7 @@ func scanUserStates(users map[int64]*userState) func(pgx.Rows) error {
 			if lastTime != nil {
 				u.LastTime = *lastTime
 			}
-			u.readSeq, u.readEventSeq = u.LastSeq, u.eventSeq
+			u.read = u.row()
 			users[id] = u
 		}
 		return rows.Err()
@@ -582,7 +605,9 @@ type writeSet struct {
 	users, balances, lastSeqs []int64
 	lastTimes                 []pgtype.Timestamptz
 	eventSeqsByUser           []int64
-	readSeqs, readEventSeqs   []int64
+	readBalances, readSeqs    []int64
+	readLastTimes             []pgtype.Timestamptz
+	readEventSeqs             []int64
 }
 
 func (s *writeSet) transaction(t ledger.Transaction, reply ledger.Reply) {
@@ -606,10 +631,15 @@ func (s *writeSet) event(e ledger.Event, source string) {
 }
 
 func (s *writeSet) user(id int64, u *userState) {
-	last := pgtype.Timestamptz{Time: u.LastTime, Valid: !u.LastTime.IsZero()}
 	s.users, s.balances, s.lastSeqs = append(s.users, id), append(s.balances, int64(u.Balance)), append(s.lastSeqs, u.LastSeq)
-	s.lastTimes, s.eventSeqsByUser = append(s.lastTimes, last), append(s.eventSeqsByUser, u.eventSeq)
-	s.readSeqs, s.readEventSeqs = append(s.readSeqs, u.readSeq), append(s.readEventSeqs, u.readEventSeq)
+	s.lastTimes, s.eventSeqsByUser = append(s.lastTimes, timestamptz(u.LastTime)), append(s.eventSeqsByUser, u.eventSeq)
+	s.readBalances, s.readSeqs = append(s.readBalances, int64(u.read.balance)), append(s.readSeqs, u.read.lastSeq)
+	s.readLastTimes, s.readEventSeqs = append(s.readLastTimes, timestamptz(u.read.lastTime)), append(s.readEventSeqs, u.read.eventSeq)
+}
+
+// timestamptz is t as a nullable timestamptz: NULL when t is zero.
+func timestamptz(t time.Time) pgtype.Timestamptz {
+	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
 // empty reports whether the batch writes nothing: every member was a replay, a refusal that
@@ -667,7 +697,8 @@ func (s *writeSet) args() []any {
 		permute(s.reasons, order), permute(s.balanceAfter, order), permute(s.replyStatus, order),
 		permute(s.replyBody, order), permute(s.createdAt, order),
 		s.eventIDs, s.eventUsers, s.eventSeqs, s.eventTypes, s.eventBodies,
-		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser, s.readSeqs, s.readEventSeqs, s.guessedNow}
+		s.users, s.balances, s.lastSeqs, s.lastTimes, s.eventSeqsByUser,
+		s.readBalances, s.readSeqs, s.readLastTimes, s.readEventSeqs, s.guessedNow}
 }
 
 func permute[T any](xs []T, order []int) []T {

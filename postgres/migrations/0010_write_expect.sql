@@ -4,7 +4,7 @@
 -- that follows is never run, and the batch is decided again from the rows it locked.
 CREATE FUNCTION tally_expect(ok boolean) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT ok THEN
+    IF ok IS NOT TRUE THEN
         RAISE EXCEPTION 'a user''s row is not as the write was decided against'
             USING ERRCODE = 'TL001';
     END IF;
