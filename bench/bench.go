@@ -305,22 +305,24 @@ func (b *bench) load(ctx context.Context) (*Results, []writeRecord, error) {
 		elapsed    time.Duration
 		writes     []writeRecord
 		violations []Violation
-		answers    int64
+		external   *externalLog
 	)
 	if b.cfg.loadWith != "" {
 		fmt.Fprintf(b.stderr, "loading %d users with: %s\n", len(b.users), b.cfg.loadWith)
-		if elapsed, writes, answers, err = b.runExternal(ctx); err != nil {
+		if elapsed, external, err = b.runExternal(ctx); err != nil {
 			return nil, nil, err
 		}
+		writes, violations = external.writes, external.violations
 	} else {
 		fmt.Fprintf(b.stderr, "loading %d users through %d URL(s) for %s with %s\n", len(b.users), len(b.cfg.urls), b.cfg.duration, b.shape())
 		elapsed, writes, violations = b.runWorkers(ctx)
 	}
 	writes = append(setupWrites, writes...)
 	res := b.results(elapsed, writes, violations)
-	if b.cfg.loadWith != "" {
-		// The command reports its own latencies; its rate is the answers it logged.
-		res.Requests, res.Throughput = answers, float64(answers)/elapsed.Seconds()
+	if external != nil {
+		// The command reports its own latencies; its rate is the final answers it logged.
+		res.Requests, res.Errors = external.answered+external.failed, external.failed
+		res.Throughput = float64(external.answered) / elapsed.Seconds()
 	}
 	res.print(b.stdout)
 	if err := ctx.Err(); err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,8 +65,27 @@ func TestReadExternalLogRefusesCutLines(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "log")
 			require.NoError(t, os.WriteFile(path, []byte(log), 0o644))
-			_, _, err := readExternalLog(path)
+			_, err := readExternalLog(path)
 			require.Error(t, err)
 		})
 	}
+}
+
+// A 402 is a final answer, a 503 leaves the write unknown, and a 422 for a write bench built
+// itself is a violation.
+func TestReadExternalLogSortsAnswers(t *testing.T) {
+	t.Parallel()
+	refused := `{"type":"urn:tally:problem:insufficient-funds","transaction":{"uid":"b"}}`
+	invalid := `{"type":"urn:tally:problem:invalid-request"}`
+	log := "sent a 1 DEPOSIT 1.00\nsent b 1 WITHDRAW 1.00\nsent c 1 DEPOSIT 1.00\n" +
+		fmt.Sprintf("answer 503 2\n{}\nanswer 402 %d\n%s\nanswer 422 %d\n%s\n", len(refused), refused, len(invalid), invalid)
+	path := filepath.Join(t.TempDir(), "log")
+	require.NoError(t, os.WriteFile(path, []byte(log), 0o644))
+	l, err := readExternalLog(path)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 402, 0}, []int{l.writes[0].Status, l.writes[1].Status, l.writes[2].Status})
+	require.Equal(t, refused, string(l.writes[1].Body))
+	require.Equal(t, []int64{1, 2}, []int64{l.answered, l.failed})
+	require.Len(t, l.violations, 1)
+	require.Contains(t, l.violations[0].Detail, "unexpected 422")
 }

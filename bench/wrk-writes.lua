@@ -9,6 +9,9 @@
 --   tally bench --users 1000 --verify --database-url "$DATABASE_URL" \
 --     --load-with 'wrk -t1 -c16 -d8s -s bench/wrk-writes.lua "$TALLY_URL"'
 --
+-- wrk calls request once before the run to check it, and never sends that request: its write
+-- is logged as sent and stays without an answer, an outcome the audit allows.
+--
 -- Alone, without TALLY_USERS, it writes to users 1..1000, which must exist with funds, and
 -- logs nothing:
 --
@@ -27,7 +30,8 @@ end
 
 function init(args)
   math.randomseed(os.time() + math.floor(os.clock() * 1e6) + (thread or 0))
-  prefix = string.format("%08x", math.random(0, 0x7fffffff))
+  -- 59 random bits a thread, so that runs on one database do not share uids.
+  prefix = string.format("%08x-%04x-4%03x", math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff))
   local list = os.getenv("TALLY_USERS")
   if list then
     for line in io.lines(list) do
@@ -46,7 +50,7 @@ end
 
 request = function()
   counter = counter + 1
-  local uid = string.format("%s-0000-4000-8000-%012x", prefix, counter)
+  local uid = string.format("%s-8000-%012x", prefix, counter)
   local kind = (counter % 2 == 0) and "DEPOSIT" or "WITHDRAW"
   local user = users[math.random(1, #users)]
   if log then
