@@ -46,7 +46,7 @@ func (b *bench) runExternal(ctx context.Context) (time.Duration, *externalLog, e
 	if err != nil {
 		return 0, nil, err
 	}
-	defer os.RemoveAll(dir)
+	defer os.RemoveAll(dir) //nolint:errcheck // a temporary directory; nothing to do if it stays
 	var ids strings.Builder
 	for _, id := range b.users {
 		fmt.Fprintln(&ids, id)
@@ -94,7 +94,7 @@ func readExternalLog(path string) (*externalLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read only
 	r := bufio.NewReader(f)
 	l := &externalLog{}
 	index := map[string]int{}
