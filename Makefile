@@ -19,8 +19,9 @@ run: build
 
 # The Go tests and the acceptance suite run under internal/testenv, which starts a private
 # PostgreSQL and an embedded NATS when TEST_DATABASE_URL and NATS_URL are unset and nothing
-# answers on 127.0.0.1:5432 and :4222, and stops them at the end. It installs the Python test
-# packages and wrk (bench's load through another client) from Debian's packages when missing.
+# answers on 127.0.0.1:5432 and :4222, and stops them at the end. As root it installs the
+# Python test packages and wrk (bench's load through another client) from Debian's packages
+# when missing; otherwise it prints the command to run.
 test: lint
 	$(GO) run ./internal/testenv -python /usr/bin/python3 -commands wrk -- $(MAKE) --no-print-directory gotest acceptance
 

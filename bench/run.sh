@@ -65,7 +65,7 @@ for round in $(seq 1 "$rounds"); do
 			( while kill -0 "$server" 2>/dev/null; do grep VmRSS "/proc/$server/status" | awk '{print $2}'; sleep 0.2; done ) >"$out/rss.samples" &
 			sampler=$!
 			# The load comes from wrk (bench/wrk-writes.lua), a client in C as pgbench is: the Go
-			# client costs about three times pgbench's processor time a request, on the same two
+			# client costs 1.4 to 3.4 times pgbench's processor time a request, on the same two
 			# cores (performance.md, "The load generator"). --verify audits every run, wrk's
 			# writes included: nothing lost, nothing applied twice, no negative instant.
 			if ! bin/tally bench --url http://127.0.0.1:18080 --workers "$clients" $writes \

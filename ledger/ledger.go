@@ -74,7 +74,7 @@ type Transaction struct {
 	CreatedAt      time.Time
 }
 
-// UserState is what the write path reads, under the user's row lock, to decide a request.
+// UserState is what the write path reads, under the user's lock, to decide a request.
 type UserState struct {
 	Balance  Amount    // current balance
 	LastSeq  int64     // the last acceptance counter used

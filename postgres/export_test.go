@@ -40,7 +40,7 @@ func (db *DB) ExplainWrite(ctx context.Context, users []int64) (string, error) {
 		for _, e := range d.Events(0, 1) {
 			writes.event(e, db.eventSource)
 		}
-		// The users' rows as the callers insert them: last_seq and event_seq 0.
+		// read is left zero: the users' rows as the callers insert them.
 		writes.user(id, &userState{UserState: ledger.UserState{Balance: balance, LastSeq: 1, LastTime: now}, eventSeq: 3})
 	}
 	tx, err := db.pool.Begin(ctx)

@@ -7,19 +7,21 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// A batch whose users this instance wrote last can be decided before anything is read: from
-// the users' rows as this instance last committed or read them, and the database's clock as
-// the last commit reported it. The batch is then written with its COMMIT in one round trip
-// instead of two, and writeSQL checks the guess under the users' locks, which it takes: every
-// user's row as the decision read it, every user's lock free or already held, the guessed time
-// just behind the database's clock, and (by the primary key) no uid stored. If the check fails, as when
-// another instance wrote a user or a client retried, the transaction is rolled back and the
-// batch recorded again from the rows read under its locks: a miss costs the round trip and the
-// statement it wasted, and pgx prepares that round trip's statements again. The copy only
+// A batch whose users this instance last wrote or read can be decided before anything is
+// read: from the users' rows as this instance last committed or read them, and the
+// database's clock as commits reported it. The batch is then written with its COMMIT in one
+// round trip instead of two, and writeSQL checks the guess under the users' locks, which it
+// takes: every user's row as the decision read it, every user's lock free or already held,
+// the guessed time just behind the database's clock, and (by the primary key) no uid stored.
+// If the check fails, as when another instance wrote a user or a client retried, the
+// transaction is rolled back and the batch recorded again from the rows read under its
+// locks. A miss costs the wasted round trip and statement, the ROLLBACK's round trip, and,
+// since pgx forgets the prepared statements of a batch that failed, their preparing again on
+// that connection's next use: about four round trips and a plan of writeSQL. The copy only
 // chooses what to send; the database checks every guess.
 
-// guessCache holds the users' rows as this instance last committed them, and the database's
-// clock relative to this machine's.
+// guessCache holds the users' rows as this instance last committed or read them, and the
+// database's clock relative to this machine's.
 type guessCache struct {
 	mu    sync.Mutex
 	users map[int64]userState
@@ -37,12 +39,12 @@ type guessCache struct {
 }
 
 // Bounds of the guessing. guessUsers bounds the memory of the copy (about 200 bytes a user).
-// A window of guessWindow guesses with more than guessMissLimit misses pauses guessing for
-// guessPause batches: a miss costs more than the round trip a hit saves.
+// A block of guessWindow guesses with more than guessMissLimit misses pauses guessing for
+// guessPause batches: a miss costs about four round trips, a hit saves one.
 const (
 	guessUsers     = 1 << 16
 	guessWindow    = 32
-	guessMissLimit = 8
+	guessMissLimit = 4
 	guessPause     = 1024
 )
 

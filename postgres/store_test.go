@@ -367,7 +367,7 @@ func TestConcurrentWithdrawals(t *testing.T) {
 }
 
 // 40 copies of one uid at once apply once; every copy gets the same answer. Copies that name
-// another user race through the unique key instead of the row lock.
+// another user race through the unique key instead of the user's lock.
 func TestConcurrentDuplicates(t *testing.T) {
 	f := setup(t)
 	u, other := f.user(t), f.user(t)

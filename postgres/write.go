@@ -16,12 +16,13 @@ import (
 )
 
 // The write path records transaction requests in three steps over one pipelined database
-// transaction: load the locked state of every user the requests name (one round trip), decide
-// each request in arrival order with ledger.Decide, carrying each user's state forward in
-// memory, and write every row, stored answer, event and user update in one statement with the
-// COMMIT (the second round trip). A request alone is a batch of one; batcher.go groups
-// concurrent requests into larger batches. A batch whose users this instance wrote last is
-// decided before anything is read, and written with its COMMIT in one round trip (guess.go).
+// transaction: load the state of every user the requests name under their locks (one round
+// trip), decide each request in arrival order with ledger.Decide, carrying each user's state
+// forward in memory, and write every row, stored answer, event and user update in one
+// statement with the COMMIT (the second round trip). A request alone is a batch of one;
+// batcher.go groups concurrent requests into larger batches. A batch whose users this
+// instance last wrote or read is decided before anything is read, and written with its
+// COMMIT in one round trip (guess.go).
 
 // A user's writes are serialized by an advisory lock on the user's key. Taking it gives the
 // transaction no id, and the reads under it lock no row; the transaction gets its id at its
@@ -268,7 +269,8 @@ func (db *DB) record(ctx context.Context, batch []*writeRequest, alone, distribu
 // 503 within a tenth of a second.
 const lostConnectionAttempts = 3
 
-// userState is a user's locked state, carried forward in memory through a batch.
+// userState is a user's state, read under its lock or guessed, carried forward in memory
+// through a batch.
 type userState struct {
 	ledger.UserState
 	eventSeq int64 // the user's last event sequence number
@@ -329,8 +331,12 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone, dist
 	switch {
 	case err != nil:
 		// Whether the attempt committed or not, its users' rows are unknown now.
-		db.guesses.forget(batch, databaseLost(err))
+		db.guesses.forget(batch, databaseLost(err) && ctx.Err() == nil)
 	case !distributed:
+		// A busy user's row was read without its lock, and is about to change.
+		for id := range state.busy {
+			delete(state.users, id)
+		}
 		db.guesses.store(state.users, clock)
 	}
 	return err
@@ -368,7 +374,7 @@ func (db *DB) recordGuessed(ctx context.Context, batch []*writeRequest, users ma
 		}
 		return false, nil
 	default:
-		db.guesses.forget(batch, databaseLost(err))
+		db.guesses.forget(batch, databaseLost(err) && ctx.Err() == nil)
 		return true, err
 	}
 }
