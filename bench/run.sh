@@ -17,6 +17,10 @@ admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmo
 out=bin/bench
 # Both sides talk to PostgreSQL over loopback TCP without TLS.
 export PGSSLMODE=disable
+if ! command -v wrk >/dev/null; then
+	echo "run.sh: wrk not found; tally's writes are driven by it (Debian: apt-get install wrk)" >&2
+	exit 1
+fi
 rm -rf "$out" && mkdir -p "$out"
 make -s build
 

@@ -3,8 +3,6 @@ package postgres
 import (
 	"sync"
 	"time"
-
-	"github.com/tally-ledger/tally/ledger"
 )
 
 // A batch whose users this instance last wrote or read can be decided before anything is
@@ -24,7 +22,7 @@ import (
 // database's clock relative to this machine's.
 type guessCache struct {
 	mu    sync.Mutex
-	users map[int64]userState
+	users map[int64]rowState
 	// offset is the database's clock minus this machine's, as commits bound it from below: the
 	// database read its clock before the answer arrived, so a guessed time is never in the
 	// database's future. It is the tightest bound of the current clock epoch, which is the
@@ -38,7 +36,7 @@ type guessCache struct {
 	window, missed, paused int
 }
 
-// Bounds of the guessing. guessUsers bounds the memory of the copy (about 200 bytes a user).
+// Bounds of the guessing. guessUsers bounds the memory of the copy (a row is 48 bytes).
 // A block of guessWindow guesses with more than guessMissLimit misses pauses guessing for
 // guessPause batches: a miss costs about four round trips, a hit saves one.
 const (
@@ -49,7 +47,7 @@ const (
 )
 
 func newGuessCache() *guessCache {
-	return &guessCache{users: make(map[int64]userState)}
+	return &guessCache{users: make(map[int64]rowState)}
 }
 
 // guess returns a copy of the state of every user of batch, with the database's clock
@@ -72,12 +70,11 @@ func (c *guessCache) guess(batch []*writeRequest) (map[int64]*userState, time.Ti
 		if users[id] != nil {
 			continue
 		}
-		u, ok := c.users[id]
+		row, ok := c.users[id]
 		if !ok {
 			return nil, time.Time{}
 		}
-		u.Now = now
-		users[id] = &u
+		users[id] = row.state(now)
 	}
 	return users, now
 }
@@ -108,7 +105,7 @@ func (c *guessCache) store(users map[int64]*userState, clock clockReading) {
 		c.clock(clock)
 	}
 	for id, u := range users {
-		if kept, ok := c.users[id]; ok && kept.LastSeq > u.LastSeq {
+		if kept, ok := c.users[id]; ok && kept.lastSeq > u.LastSeq {
 			continue
 		}
 		if len(c.users) >= guessUsers {
@@ -119,8 +116,7 @@ func (c *guessCache) store(users map[int64]*userState, clock clockReading) {
 				}
 			}
 		}
-		c.users[id] = userState{UserState: ledger.UserState{Balance: u.Balance, LastSeq: u.LastSeq, LastTime: u.LastTime},
-			eventSeq: u.eventSeq, read: u.row()}
+		c.users[id] = u.row()
 	}
 }
 

@@ -226,6 +226,13 @@ func TestEachUsersEventsLeaveInSequenceOrder(t *testing.T) {
 				}()
 			}
 			wg.Wait()
+			var committed, missed float64
+			for _, db := range pools {
+				c, m := db.GuessOutcomes()
+				committed, missed = committed+c, missed+m
+			}
+			require.Positive(t, committed, "batches decided on an instance's copy of its users raced too")
+			require.Positive(t, missed, "and copies went stale under another instance's writes")
 
 			var total int64
 			require.NoError(t, f.db.Pool().QueryRow(f.ctx, "SELECT sum(event_seq) FROM users").Scan(&total))

@@ -291,6 +291,12 @@ type rowState struct {
 	lastTime          time.Time
 }
 
+// state is the state a batch starts from at row r, deciding with the clock now.
+func (r rowState) state(now time.Time) *userState {
+	return &userState{UserState: ledger.UserState{Balance: r.balance, LastSeq: r.lastSeq, LastTime: r.lastTime, Now: now},
+		eventSeq: r.eventSeq, read: r}
+}
+
 // loaded is what a batch's first round trip reads under its users' locks, or guessed.
 type loaded struct {
 	users  map[int64]*userState
@@ -330,8 +336,7 @@ func (db *DB) recordOnce(ctx context.Context, batch []*writeRequest, alone, dist
 	})
 	switch {
 	case err != nil:
-		// Whether the attempt committed or not, its users' rows are unknown now.
-		db.guesses.forget(batch, databaseLost(err) && ctx.Err() == nil)
+		db.forgetGuesses(ctx, batch, err)
 	case !distributed:
 		// A busy user's row was read without its lock, and is about to change.
 		for id := range state.busy {
@@ -374,9 +379,16 @@ func (db *DB) recordGuessed(ctx context.Context, batch []*writeRequest, users ma
 		}
 		return false, nil
 	default:
-		db.guesses.forget(batch, databaseLost(err) && ctx.Err() == nil)
+		db.forgetGuesses(ctx, batch, err)
 		return true, err
 	}
+}
+
+// forgetGuesses drops the copy of the batch's users after an attempt that failed with err:
+// whether it committed or not, their rows are unknown. All users are dropped when the
+// database was lost, unless the request's own context ended.
+func (db *DB) forgetGuesses(ctx context.Context, batch []*writeRequest, err error) {
+	db.guesses.forget(batch, databaseLost(err) && ctx.Err() == nil)
 }
 
 // databaseLost reports whether err says that the database was lost or refuses writes.
@@ -477,17 +489,16 @@ func scanUserStates(users map[int64]*userState) func(pgx.Rows) error {
 	return func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id int64
+			var r rowState
 			var lastTime *time.Time
-			u := &userState{}
-			if err := rows.Scan(&id, &u.Balance, &u.LastSeq, &lastTime, &u.eventSeq, &u.Now); err != nil {
+			var now time.Time
+			if err := rows.Scan(&id, &r.balance, &r.lastSeq, &lastTime, &r.eventSeq, &now); err != nil {
 				return err
 			}
-			u.Now = u.Now.UTC().Truncate(time.Microsecond)
 			if lastTime != nil {
-				u.LastTime = *lastTime
+				r.lastTime = *lastTime
 			}
-			u.read = u.row()
-			users[id] = u
+			users[id] = r.state(now.UTC().Truncate(time.Microsecond))
 		}
 		return rows.Err()
 	}
