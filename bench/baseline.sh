@@ -9,6 +9,9 @@
 # With script=tally-sql.sql it runs tally's own statements instead (uid lookup, lock, one
 # insert-and-update statement with the outbox row), which separates what tally's SQL costs
 # from what its HTTP and Go layers cost.
+#
+# With BASELINE_RATE=n it runs an open loop instead: pgbench starts n transactions a second on
+# a schedule (-R), times each from its scheduled start, and this prints their percentiles.
 # Connection: PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres); BASELINE_DB names the
 # scratch database (tally_baseline).
 set -euo pipefail
@@ -80,10 +83,23 @@ pgoptions=${PGOPTIONS:-}
 if [ "$script" = tally-sql.sql ]; then
     pgoptions="$pgoptions -c enable_seqscan=off"
 fi
-out=$(PGOPTIONS="$pgoptions" "$pgbench" -n -c "$clients" -j 2 -T "$seconds" -M prepared -D users="$users" -f "$here/$script" "$db" 2>&1) || {
+open=()
+if [ -n "${BASELINE_RATE:-}" ]; then
+    logs=$(mktemp -d)
+    trap 'rm -rf "$logs"; psql -d postgres -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT
+    open=(-R "$BASELINE_RATE" -l --log-prefix "$logs/tx")
+fi
+out=$(PGOPTIONS="$pgoptions" "$pgbench" -n -c "$clients" -j 2 -T "$seconds" -M prepared -D users="$users" "${open[@]}" -f "$here/$script" "$db" 2>&1) || {
     echo "$out" >&2
     exit 1
 }
 echo "$out" | grep -E '^(number of clients|duration|number of transactions actually processed|number of failed|latency average|tps)'
+if [ -n "${BASELINE_RATE:-}" ]; then
+    # Each log line: client, transaction, latency from the scheduled start (µs), ...
+    cat "$logs"/tx.* | awk '{ print $3 / 1000 }' | sort -n | awk '
+        { v[NR] = $1 }
+        function at(q,  i) { i = int(q * NR + 0.999999); return v[i < 1 ? 1 : i] }
+        END { printf "baseline open loop: %d transactions timed, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms\n", NR, at(0.5), at(0.99), at(0.999) }'
+fi
 tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 echo "baseline: $tps tps at $clients clients, $users users"

@@ -7,15 +7,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 )
 
-// wrk, with bench/wrk-writes.lua, sends the load; bench reports the writes it logged and
-// audits them with its own.
-func TestLoadWithWrkIsAudited(t *testing.T) {
-	t.Parallel()
+// runWrk runs bench with wrk and bench/wrk-writes.lua as its load (wrkArgs: wrk's options,
+// then "$TALLY_URL" and the script's arguments), over users with initial funds each, audited.
+// It returns the clean results and bench's stderr, where wrk reports.
+func runWrk(t *testing.T, users, initial, wrkArgs string) (Results, string) {
+	t.Helper()
 	_, err := exec.LookPath("wrk")
 	require.NoError(t, err, "this test needs wrk (Debian: apt-get install wrk)")
 	script, err := filepath.Abs("wrk-writes.lua")
@@ -23,13 +27,19 @@ func TestLoadWithWrkIsAudited(t *testing.T) {
 	f := setup(t)
 	jsonFile := filepath.Join(t.TempDir(), "results.json")
 	var stdout, stderr bytes.Buffer
-	err = Run(context.Background(), []string{"--url", f.urls, "--database-url", f.databaseURL, "--users", "5",
-		"--workers", "4", "--initial", "3.00", "--verify", "--verify-sample", "20", "--json", jsonFile,
-		"--load-with", `wrk -t2 -c4 -d1s -s ` + script + ` "$TALLY_URL"`}, &stdout, &stderr)
+	err = Run(context.Background(), []string{"--url", f.urls, "--database-url", f.databaseURL, "--users", users,
+		"--workers", "4", "--initial", initial, "--verify", "--verify-sample", "20", "--json", jsonFile,
+		"--load-with", strings.Replace(wrkArgs, `"$TALLY_URL"`, `-s `+script+` "$TALLY_URL"`, 1)}, &stdout, &stderr)
 	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-	require.Contains(t, stderr.String(), "Requests/sec", "wrk's own report")
+	return readCleanResults(t, jsonFile), stderr.String()
+}
 
-	res := readCleanResults(t, jsonFile)
+// wrk, with bench/wrk-writes.lua, sends the load; bench reports the writes it logged and
+// audits them with its own.
+func TestLoadWithWrkIsAudited(t *testing.T) {
+	t.Parallel()
+	res, stderr := runWrk(t, "5", "3.00", `wrk -t2 -c4 -d1s "$TALLY_URL"`)
+	require.Contains(t, stderr, "Requests/sec", "wrk's own report")
 	require.Greater(t, res.Writes.Sent, 100, "wrk's writes on top of the 5 initial deposits")
 	require.Positive(t, res.Writes.Applied)
 	require.Positive(t, res.Writes.Refused, "withdrawals of 1.00 from users with little left")
@@ -88,4 +98,26 @@ func TestReadExternalLogSortsAnswers(t *testing.T) {
 	require.Equal(t, []int64{1, 2}, []int64{l.answered, l.failed})
 	require.Len(t, l.violations, 1)
 	require.Contains(t, l.violations[0].Detail, "unexpected 422")
+}
+
+// With a rate, bench/wrk-writes.lua sends on a schedule, not as fast as answers allow, and
+// prints the percentiles of the times it measured from each request's scheduled start.
+func TestLoadWithWrkInAnOpenLoop(t *testing.T) {
+	t.Parallel()
+	res, stderr := runWrk(t, "5", "1000.00", `wrk -t1 -c8 -d2s "$TALLY_URL" -- 100`)
+	// 5 initial deposits, wrk's unsent check of the script, and at most one write due every
+	// 10 ms of the 2 s; a closed loop on 8 connections would send many times that.
+	require.LessOrEqual(t, res.Writes.Sent, 5+1+201)
+	require.Greater(t, res.Writes.Sent, 5+100, "the schedule kept, at least half of it")
+	m := regexp.MustCompile(`open loop: (\d+) answers timed, p50 ([0-9.]+) ms, p99 ([0-9.]+) ms`).FindStringSubmatch(stderr)
+	require.NotNil(t, m, "the open loop's percentiles:\n%s", stderr)
+	timed, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	require.Equal(t, res.Writes.Applied+res.Writes.Refused-5, timed, "every answered write timed once")
+	p50, err := strconv.ParseFloat(m[2], 64)
+	require.NoError(t, err)
+	p99, err := strconv.ParseFloat(m[3], 64)
+	require.NoError(t, err)
+	require.Positive(t, p50)
+	require.GreaterOrEqual(t, p99, p50)
 }

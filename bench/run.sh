@@ -95,28 +95,42 @@ for round in $(seq 1 "$rounds"); do
 	printf 'HTTP ceiling (/healthz)\t64\t%s\t%s\n' "$round" "$(awk '/^Requests\/sec/ { print $2 }' "$out/ceiling-$round.txt")" >>"$out/throughput.tsv"
 done
 
-# 2. Latency against offered load (open loop, 64 workers), batching off and on, each at shares
-# of its own peak (its best median over the client counts): "p99 at half of peak" is the 0.5
-# row of each.
+# 2. Latency against offered load, open loop: requests start on a schedule, whatever the
+# answers do, and each is timed from its scheduled start. The pgbench baseline (pgbench -R, 64
+# clients), tally with batching off and on (wrk with bench/wrk-writes.lua and a rate, 256
+# connections, audited like the closed loop), each at shares of its own peak, its best median
+# over the client counts: "p99 at half of peak" is the 0.5 row of each.
 peak() {
 	local p=0 m clients
 	for clients in ${BENCH_CLIENTS:-1 4 16 64 256}; do
-		m=$(awk -F'\t' -v c="$clients" -v s="tally, batching $1" '$1 == s && $2 == c { print $4 }' "$out/throughput.tsv" | median)
+		m=$(awk -F'\t' -v c="$clients" -v s="$1" '$1 == s && $2 == c { print $4 }' "$out/throughput.tsv" | median)
 		p=$(awk -v a="$p" -v b="$m" 'BEGIN { print (b > a ? b : a) }')
 	done
 	echo "$p"
 }
-printf '# system\toffered_rate\tp50_ms\tp99_ms\tp999_ms\n' >"$out/latency.tsv"
+# percentiles FILE: the three figures of an "open loop: ..." line, tab-separated.
+percentiles() { sed -n 's/^.*open loop: .*p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms, p99.9 \([0-9.]*\) ms$/\1\t\2\t\3/p' "$1"; }
+printf '# system\toffered_rate\tp50_ms\tp99_ms\tp999_ms\tserved_rate\n' >"$out/latency.tsv"
 for share in 0.25 0.5 0.75 0.9 1.2; do
+	rate=$(awk -v p="$(peak "pgbench baseline")" -v s="$share" 'BEGIN { printf "%d", p * s }')
+	BASELINE_RATE=$rate bench/baseline.sh 64 "$secs" "$users" >"$out/rate-baseline-$rate.txt"
+	printf 'pgbench baseline\t%s\t%s\t%s\n' "$rate" "$(percentiles "$out/rate-baseline-$rate.txt")" \
+		"$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$out/rate-baseline-$rate.txt")" >>"$out/latency.tsv"
 	for batching in off on; do
 		max=1
 		[ "$batching" = on ] && max=64
-		rate=$(awk -v p="$(peak "$batching")" -v s="$share" 'BEGIN { printf "%d", p * s }')
+		rate=$(awk -v p="$(peak "tally, batching $batching")" -v s="$share" 'BEGIN { printf "%d", p * s }')
 		start_tally "$max"
-		bin/tally bench --url http://127.0.0.1:18080 --rate "$rate" --workers 64 --duration "${secs}s" $writes \
-			--json "$out/rate-$batching-$rate.json" >"$out/rate-$batching-$rate.txt" 2>/dev/null
+		run="$out/rate-$batching-$rate"
+		if ! bin/tally bench --url http://127.0.0.1:18080 --workers 64 $writes \
+			--load-with "wrk -t1 -c256 -d${secs}s --timeout 60s -s bench/wrk-writes.lua \"\$TALLY_URL\" -- $rate" \
+			--verify --database-url "$(db_url tally_bench)" --json "$run.json" >"$run.txt" 2>&1; then
+			echo "tally bench --verify failed: $run.txt" >&2
+			exit 1
+		fi
 		stop_tally
-		json "$out/rate-$batching-$rate.json" "'\t'.join(['batching $batching', '$rate'] + [str(o[k]) for o in d['ops'] if o['name'] == 'all' for k in ('p50_ms', 'p99_ms', 'p999_ms')])" >>"$out/latency.tsv"
+		printf 'tally, batching %s\t%s\t%s\t%s\n' "$batching" "$rate" "$(percentiles "$run.txt")" \
+			"$(json "$run.json" "round(d['throughput'])")" >>"$out/latency.tsv"
 	done
 done
 

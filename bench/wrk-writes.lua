@@ -16,16 +16,78 @@
 -- logs nothing:
 --
 --   wrk -t2 -c16 -d8s -s bench/wrk-writes.lua http://127.0.0.1:18080
+--
+-- With a rate after "--" (writes per second, each thread's), it sends in an open loop: each
+-- thread sends on a fixed schedule, whatever the answers do, and times each answer from the
+-- instant its request was due, not from when a free connection sent it, as wrk's own figures
+-- do. At the end it prints the percentiles of those times:
+--
+--   wrk -t1 -c256 -d8s -s bench/wrk-writes.lua http://127.0.0.1:18080 -- 5000
+--
+-- The connections must outnumber the requests in flight, or the schedule falls behind; that
+-- delay counts in the times, as it should. wrk starts a delayed request on a whole
+-- millisecond, so a time may be up to a millisecond long, never short.
 local counter = 0
 local prefix = ""
 local users = {}
 local log = nil
-local threads = 0
+local threads = {}
 
--- setup runs once per thread, in wrk's main state: it numbers the threads for the log names.
+local ffi = require("ffi")
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } tally_timespec;
+int clock_gettime(int clock, tally_timespec *now);
+]]
+local timespec = ffi.new("tally_timespec")
+
+-- now is CLOCK_MONOTONIC (1) in microseconds.
+local function now()
+  ffi.C.clock_gettime(1, timespec)
+  return tonumber(timespec.tv_sec) * 1e6 + tonumber(timespec.tv_nsec) / 1e3
+end
+
+-- The open loop's state: the time between two sends (µs), the next send's due instant, the due
+-- instants claimed by connections waiting for their timer (first in, first out), each request's
+-- due instant by uid, and the answers' times (µs; openLoop and times are global for done).
+local period = nil
+local nextDue = nil
+local waiting, first, last = {}, 1, 0
+local dueOf = {}
+times = {}
+
+-- setup runs once per thread, in wrk's main state: it numbers the threads for the log names
+-- and keeps them for done.
 function setup(thread)
-  threads = threads + 1
-  thread:set("thread", threads)
+  threads[#threads + 1] = thread
+  thread:set("thread", #threads)
+end
+
+-- openDelay is delay in the open loop: it claims the next due instant for the connection that
+-- asks and waits until then; a schedule that fell behind sends at once.
+local function openDelay()
+  local t = now()
+  nextDue = nextDue or t
+  local due = nextDue
+  nextDue = nextDue + period
+  last = last + 1
+  waiting[last] = due
+  return math.max(0, math.ceil((due - t) / 1000))
+end
+
+-- answer logs an answer with its length, so that any body reads back byte for byte, and in the
+-- open loop times an answer that names its transaction (200 and 402) from its request's due
+-- instant.
+local function answer(status, headers, body)
+  if log then
+    log:write("answer ", status, " ", #body, "\n", body, "\n")
+  end
+  if period then
+    local uid = string.match(body, '"uid":"([^"]+)"')
+    if uid and dueOf[uid] then
+      times[#times + 1] = now() - dueOf[uid]
+      dueOf[uid] = nil
+    end
+  end
 end
 
 function init(args)
@@ -46,6 +108,15 @@ function init(args)
   if writes then
     log = assert(io.open(writes .. "." .. thread, "w"))
   end
+  -- wrk looks for delay and response after init: without them it sends each request as soon
+  -- as the last one is answered and hands no bodies to Lua.
+  if args[1] then
+    period = 1e6 / assert(tonumber(args[1]), "after --: writes per second")
+    openLoop, delay = true, openDelay
+  end
+  if log or period then
+    response = answer
+  end
 end
 
 request = function()
@@ -56,14 +127,38 @@ request = function()
   if log then
     log:write("sent ", uid, " ", user, " ", kind, " 1.00\n")
   end
+  if period then
+    -- wrk fires due timers in order, so the request it sends now is the one whose instant
+    -- came first; its check of the script, before the run, finds none.
+    if first <= last then
+      dueOf[uid] = waiting[first]
+      waiting[first] = nil
+      first = first + 1
+    end
+  end
   local body = string.format('{"uid":"%s","user_id":%d,"type":"%s","amount":"1.00"}', uid, user, kind)
   return wrk.format("POST", "/v1/transaction", {["Content-Type"] = "application/json"}, body)
 end
 
--- Answers are logged with their length, so that any body reads back byte for byte. wrk hands
--- bodies to Lua only when response is defined, so it is defined only when logging.
-if os.getenv("TALLY_WRITES") then
-  response = function(status, headers, body)
-    log:write("answer ", status, " ", #body, "\n", body, "\n")
+-- done, in wrk's main state, prints the open loop's percentiles, in milliseconds, over every
+-- thread's answers.
+function done(summary, latency, requests)
+  if #threads == 0 or not threads[1]:get("openLoop") then
+    return
   end
+  local all = {}
+  for _, thread in ipairs(threads) do
+    for _, t in ipairs(thread:get("times")) do
+      all[#all + 1] = t
+    end
+  end
+  table.sort(all)
+  local function at(q)
+    if #all == 0 then
+      return 0
+    end
+    return all[math.max(1, math.ceil(q * #all))] / 1000
+  end
+  io.write(string.format("open loop: %d answers timed, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms\n",
+    #all, at(0.5), at(0.99), at(0.999)))
 end

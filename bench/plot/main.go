@@ -118,7 +118,8 @@ func throughput(rows [][]string) (*plot.Plot, error) {
 	return p, plotutil.AddLinePoints(p, lines...)
 }
 
-// latency: rows "system offered_rate p50_ms p99_ms p999_ms" of open-loop write runs.
+// latency: rows "system offered_rate p50_ms p99_ms p999_ms served_rate" of open-loop write
+// runs.
 func latency(rows [][]string) (*plot.Plot, error) {
 	series := map[string]plotter.XYs{}
 	for _, r := range rows {
@@ -133,7 +134,8 @@ func latency(rows [][]string) (*plot.Plot, error) {
 	p.Y.Label.Text = "latency, ms (log)"
 	p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	var lines []any
-	for _, system := range []string{"batching off", "batching on"} {
+	p.Legend.Top, p.Legend.Left = true, true
+	for _, system := range []string{"pgbench baseline", "tally, batching off", "tally, batching on"} {
 		for _, q := range []string{"p50", "p99"} {
 			name := system + ", " + q
 			if pts := series[name]; len(pts) > 0 {
