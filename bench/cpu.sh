@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cpu.sh: the processor time one write costs, process by process, in the steady state of a
 # closed-loop run: the pgbench baseline (pgbench, its PostgreSQL backends), tally with group
-# commit (the HTTP load generator, tally serve, its backends) and the HTTP layer alone
+# commit (wrk, tally serve, its backends) and the HTTP layer alone
 # (/healthz: load generator and tally serve). On a machine whose cores the load generator,
 # tally and PostgreSQL share, writes/s can only exceed the baseline's by the ratio of these
 # sums; the figures say where the time goes whatever else the machine is doing.
@@ -77,20 +77,21 @@ writes="--deposit 50 --withdraw 50 --balance 0 --balance-at 0 --retry-share 0 --
 bin/tally bench --url http://127.0.0.1:18090 --workers "$clients" --duration 2s $writes >/dev/null 2>&1
 serve_pid() { echo "$server"; }
 tally_backends() { backends tally_cpu; }
+# The load comes from wrk, a client in C as pgbench is (bench/wrk-writes.lua writes to the users
+# the run above created, 1..1000).
 for what in writes healthz; do
 	if [ "$what" = writes ]; then
-		args=$writes
+		target=(-s bench/wrk-writes.lua http://127.0.0.1:18090)
 	else
-		args="--users 1 --deposit 0 --withdraw 0 --balance 0 --balance-at 0 --retry-share 0 --healthz 1"
+		target=(http://127.0.0.1:18090/healthz)
 	fi
-	# shellcheck disable=SC2086
-	bin/tally bench --url http://127.0.0.1:18090 --workers "$clients" --duration "${secs}s" $args --json /tmp/tally-cpu-$what.json >/dev/null 2>&1 &
+	wrk -t"$((clients < 2 ? clients : 2))" -c"$clients" -d"${secs}s" "${target[@]}" >/tmp/tally-cpu-$what.txt 2>&1 &
 	run=$!
 	client_pid() { echo "$run"; }
 	sample "$run" client=client_pid tally-serve=serve_pid postgres=tally_backends >/tmp/tally-cpu-$what.ticks
-	wait "$run" || true
-	n=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests'])" /tmp/tally-cpu-$what.json)
+	wait "$run"
+	n=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' /tmp/tally-cpu-$what.txt)
 	if [ "$what" = writes ]; then sys="tally, group commit"; else sys="HTTP alone (/healthz)"; fi
 	report "$sys" "$n" </tmp/tally-cpu-$what.ticks
-	echo "# $sys: $(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['throughput']))" /tmp/tally-cpu-$what.json) per second"
+	echo "# $sys: $(awk '/^Requests\/sec/ { printf "%d", $2 }' /tmp/tally-cpu-$what.txt) per second"
 done

@@ -99,7 +99,8 @@ done
 # answers do, and each is timed from its scheduled start. The pgbench baseline (pgbench -R, 64
 # clients), tally with batching off and on (wrk with bench/wrk-writes.lua and a rate, 256
 # connections, audited like the closed loop), each at shares of its own peak, its best median
-# over the client counts: "p99 at half of peak" is the 0.5 row of each.
+# over the client counts, $rounds rounds: "p99 at half of peak" is the 0.5 rows of each. The
+# plot draws each rate's median.
 peak() {
 	local p=0 m clients
 	for clients in ${BENCH_CLIENTS:-1 4 16 64 256}; do
@@ -111,17 +112,18 @@ peak() {
 # percentiles FILE: the three figures of an "open loop: ..." line, tab-separated.
 percentiles() { sed -n 's/^.*open loop: .*p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms, p99.9 \([0-9.]*\) ms$/\1\t\2\t\3/p' "$1"; }
 printf '# system\toffered_rate\tp50_ms\tp99_ms\tp999_ms\tserved_rate\n' >"$out/latency.tsv"
-for share in 0.25 0.5 0.75 0.9 1.2; do
+for share in $(for _ in $(seq 1 "$rounds"); do echo 0.25 0.5 0.75 0.9 1.2; done); do
 	rate=$(awk -v p="$(peak "pgbench baseline")" -v s="$share" 'BEGIN { printf "%d", p * s }')
-	BASELINE_RATE=$rate bench/baseline.sh 64 "$secs" "$users" >"$out/rate-baseline-$rate.txt"
-	printf 'pgbench baseline\t%s\t%s\t%s\n' "$rate" "$(percentiles "$out/rate-baseline-$rate.txt")" \
-		"$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$out/rate-baseline-$rate.txt")" >>"$out/latency.tsv"
+	run="$out/rate-baseline-$rate-$(date +%s%N)"
+	BASELINE_RATE=$rate bench/baseline.sh 64 "$secs" "$users" >"$run.txt"
+	printf 'pgbench baseline\t%s\t%s\t%s\n' "$rate" "$(percentiles "$run.txt")" \
+		"$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$run.txt")" >>"$out/latency.tsv"
 	for batching in off on; do
 		max=1
 		[ "$batching" = on ] && max=64
 		rate=$(awk -v p="$(peak "tally, batching $batching")" -v s="$share" 'BEGIN { printf "%d", p * s }')
 		start_tally "$max"
-		run="$out/rate-$batching-$rate"
+		run="$out/rate-$batching-$rate-$(date +%s%N)"
 		if ! bin/tally bench --url http://127.0.0.1:18080 --workers 64 $writes \
 			--load-with "wrk -t1 -c256 -d${secs}s --timeout 60s -s bench/wrk-writes.lua \"\$TALLY_URL\" -- $rate" \
 			--verify --database-url "$(db_url tally_bench)" --json "$run.json" >"$run.txt" 2>&1; then

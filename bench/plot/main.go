@@ -119,13 +119,27 @@ func throughput(rows [][]string) (*plot.Plot, error) {
 }
 
 // latency: rows "system offered_rate p50_ms p99_ms p999_ms served_rate" of open-loop write
-// runs.
+// runs, several rounds of each rate; each point is the rate's median.
 func latency(rows [][]string) (*plot.Plot, error) {
-	series := map[string]plotter.XYs{}
+	samples := map[string]map[float64][]float64{}
 	for _, r := range rows {
-		rate := num(r[1])
-		series[r[0]+", p50"] = append(series[r[0]+", p50"], plotter.XY{X: rate, Y: num(r[2])})
-		series[r[0]+", p99"] = append(series[r[0]+", p99"], plotter.XY{X: rate, Y: num(r[3])})
+		for _, q := range []struct {
+			name   string
+			column int
+		}{{"p50", 2}, {"p99", 3}} {
+			name := r[0] + ", " + q.name
+			if samples[name] == nil {
+				samples[name] = map[float64][]float64{}
+			}
+			samples[name][num(r[1])] = append(samples[name][num(r[1])], num(r[q.column]))
+		}
+	}
+	series := map[string]plotter.XYs{}
+	for name, byRate := range samples {
+		for rate, ms := range byRate {
+			series[name] = append(series[name], plotter.XY{X: rate, Y: median(ms)})
+		}
+		slices.SortFunc(series[name], func(a, b plotter.XY) int { return int(a.X - b.X) })
 	}
 	p := plot.New()
 	p.Title.Text = "Write latency against offered load (open loop)"
