@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: every figure of docs/performance.md, measured side by side in one run on this
-# machine, then plotted. Not part of `make test`: it takes about twenty minutes.
+# machine, then plotted. Not part of `make test`: it takes about thirty-five minutes.
 #
 #   BENCH_ROUNDS=3 BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16 64 256" bench/run.sh
 #   BENCH_PARTS=writes bench/run.sh    # throughput and latency only
