@@ -17,6 +17,10 @@ clients=${1:-64}
 secs=${2:-12}
 admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 export PGSSLMODE=disable
+if ! command -v wrk >/dev/null; then
+	echo "cpu.sh: wrk not found; tally is driven by it (Debian: apt-get install wrk)" >&2
+	exit 1
+fi
 db_url() { echo "$admin_url" | sed -E "s#/[^/?]+(\?|$)#/$1\1#"; }
 make -s build
 
@@ -90,6 +94,11 @@ for what in writes healthz; do
 	client_pid() { echo "$run"; }
 	sample "$run" client=client_pid tally-serve=serve_pid postgres=tally_backends >/tmp/tally-cpu-$what.ticks
 	wait "$run"
+	# 402 refusals are answers too; a socket error is not.
+	if grep -q "Socket errors" /tmp/tally-cpu-$what.txt; then
+		cat /tmp/tally-cpu-$what.txt >&2
+		exit 1
+	fi
 	n=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' /tmp/tally-cpu-$what.txt)
 	if [ "$what" = writes ]; then sys="tally, group commit"; else sys="HTTP alone (/healthz)"; fi
 	report "$sys" "$n" </tmp/tally-cpu-$what.ticks

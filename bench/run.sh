@@ -110,14 +110,22 @@ peak() {
 	echo "$p"
 }
 # percentiles FILE: the three figures of an "open loop: ..." line, tab-separated.
-percentiles() { sed -n 's/^.*open loop: .*p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms, p99.9 \([0-9.]*\) ms$/\1\t\2\t\3/p' "$1"; }
+percentiles() {
+	local p
+	p=$(sed -n 's/^.*open loop: .*p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms, p99.9 \([0-9.]*\) ms$/\1\t\2\t\3/p' "$1")
+	if [ -z "$p" ]; then
+		echo "run.sh: no open-loop percentiles in $1" >&2
+		return 1
+	fi
+	echo "$p"
+}
 printf '# system\toffered_rate\tp50_ms\tp99_ms\tp999_ms\tserved_rate\n' >"$out/latency.tsv"
 for share in $(for _ in $(seq 1 "$rounds"); do echo 0.25 0.5 0.75 0.9 1.2; done); do
 	rate=$(awk -v p="$(peak "pgbench baseline")" -v s="$share" 'BEGIN { printf "%d", p * s }')
 	run="$out/rate-baseline-$rate-$(date +%s%N)"
 	BASELINE_RATE=$rate bench/baseline.sh 64 "$secs" "$users" >"$run.txt"
-	printf 'pgbench baseline\t%s\t%s\t%s\n' "$rate" "$(percentiles "$run.txt")" \
-		"$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$run.txt")" >>"$out/latency.tsv"
+	p=$(percentiles "$run.txt")
+	printf 'pgbench baseline\t%s\t%s\t%s\n' "$rate" "$p" "$(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$run.txt")" >>"$out/latency.tsv"
 	for batching in off on; do
 		max=1
 		[ "$batching" = on ] && max=64
@@ -131,8 +139,8 @@ for share in $(for _ in $(seq 1 "$rounds"); do echo 0.25 0.5 0.75 0.9 1.2; done)
 			exit 1
 		fi
 		stop_tally
-		printf 'tally, batching %s\t%s\t%s\t%s\n' "$batching" "$rate" "$(percentiles "$run.txt")" \
-			"$(json "$run.json" "round(d['throughput'])")" >>"$out/latency.tsv"
+		p=$(percentiles "$run.txt")
+		printf 'tally, batching %s\t%s\t%s\t%s\n' "$batching" "$rate" "$p" "$(json "$run.json" "round(d['throughput'])")" >>"$out/latency.tsv"
 	done
 done
 

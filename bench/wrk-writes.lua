@@ -25,8 +25,10 @@
 --   wrk -t1 -c256 -d8s -s bench/wrk-writes.lua http://127.0.0.1:18080 -- 5000
 --
 -- The connections must outnumber the requests in flight, or the schedule falls behind; that
--- delay counts in the times, as it should. wrk starts a delayed request on a whole
--- millisecond, so a time may be up to a millisecond long, never short.
+-- delay counts in the times, as it should. wrk's timers keep whole milliseconds, so a request
+-- may start up to a millisecond before or after its instant; one that starts early is timed
+-- from its start. A connection that fails and reconnects while it waits claims a second
+-- instant; its errors show in wrk's "Socket errors" line.
 local counter = 0
 local prefix = ""
 local users = {}
@@ -128,10 +130,11 @@ request = function()
     log:write("sent ", uid, " ", user, " ", kind, " 1.00\n")
   end
   if period then
-    -- wrk fires due timers in order, so the request it sends now is the one whose instant
-    -- came first; its check of the script, before the run, finds none.
+    -- The k-th request sent takes the k-th instant claimed: wrk fires the timers due in one
+    -- pass of its loop together, within a millisecond of each other. Its check of the
+    -- script, before the run, finds none.
     if first <= last then
-      dueOf[uid] = waiting[first]
+      dueOf[uid] = math.min(waiting[first], now())
       waiting[first] = nil
       first = first + 1
     end
