@@ -155,11 +155,13 @@ function done(summary, latency, requests)
       all[#all + 1] = t
     end
   end
+  if #all == 0 then
+    -- No percentiles: run.sh, which reads them, stops.
+    io.write("open loop: no answer timed\n")
+    return
+  end
   table.sort(all)
   local function at(q)
-    if #all == 0 then
-      return 0
-    end
     return all[math.max(1, math.ceil(q * #all))] / 1000
   end
   io.write(string.format("open loop: %d answers timed, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms\n",
