@@ -99,7 +99,8 @@ func (f *fixture) streamEvents(t *testing.T, js jetstream.JetStream, want int) [
 		return err == nil && info.State.Msgs >= uint64(want)
 	}, 30*time.Second, 20*time.Millisecond, "stream never reached %d messages", want)
 	// A cluster that just regained its quorum may refuse a consumer, or its fetch, for a
-	// moment: the whole read is tried again.
+	// moment, or answer a fetch with only part of the stream: the whole read is tried again
+	// until it returns at least what the stream holds (more is checkOnceInOrder's to find).
 	var msgs []jetstream.Msg
 	require.EventuallyWithT(t, func(t *assert.CollectT) {
 		msgs = nil
@@ -111,6 +112,7 @@ func (f *fixture) streamEvents(t *testing.T, js jetstream.JetStream, want int) [
 			msgs = append(msgs, m)
 		}
 		require.NoError(t, batch.Error())
+		require.GreaterOrEqual(t, len(msgs), want, "a fetch that stopped short")
 	}, 30*time.Second, 100*time.Millisecond)
 	return msgs
 }
