@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/httpapi"
@@ -186,6 +187,10 @@ func TestCitusRelaysShareSlicesAndTakeOver(t *testing.T) {
 	second, _ := f.start(t, f.nc)
 	require.Eventually(t, func() bool { return first.SlicesHeld() == 2 && second.SlicesHeld() == 2 },
 		10*time.Second, 10*time.Millisecond, "the relays share the slices")
+	for _, r := range []*relay.Relay{first, second} {
+		require.Eventually(t, func() bool { return slicesHeld(r, 2) }, 10*time.Second, 10*time.Millisecond,
+			"tally_relay_slices_held says 2 on each relay")
+	}
 	f.load(t, pause(2*time.Second))
 	f.checkDrained(t)
 	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
@@ -197,6 +202,8 @@ func TestCitusRelaysShareSlicesAndTakeOver(t *testing.T) {
 	before, shared := second.Published.Load(), f.events
 	require.Eventually(t, func() bool { return second.SlicesHeld() == 4 }, 10*time.Second, 10*time.Millisecond,
 		"the survivor takes the stopped relay's slices")
+	require.Eventually(t, func() bool { return slicesHeld(second, 4) }, 10*time.Second, 10*time.Millisecond,
+		"tally_relay_slices_held says 4 on the survivor")
 	f.load(t, pause(time.Second))
 	f.checkDrained(t)
 	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
@@ -255,4 +262,24 @@ func TestCitusRelayAcrossShardMoves(t *testing.T) {
 	f.checkDrained(t)
 	f.checkOnceInOrder(t, f.streamEvents(t, f.js, f.events))
 	t.Logf("%d events; moved shards %v", f.events, moved)
+}
+
+// slicesHeld reports whether the relay's tally_relay_slices_held, as Prometheus scrapes it,
+// is want. A slice whose lease missed a ping counts as not held until the next one answers,
+// so callers wait for the value.
+func slicesHeld(r *relay.Relay, want float64) bool {
+	reg := prometheus.NewPedanticRegistry()
+	if reg.Register(r.Collector()) != nil {
+		return false
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		return false
+	}
+	for _, f := range families {
+		if f.GetName() == "tally_relay_slices_held" {
+			return len(f.GetMetric()) == 1 && f.GetMetric()[0].GetGauge().GetValue() == want
+		}
+	}
+	return false
 }

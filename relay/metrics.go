@@ -7,12 +7,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// collector exports whether this relay leads and, measured at scrape time, the outbox backlog
-// and the age of its oldest unpublished event.
+// collector exports whether this relay leads, the slices it holds on Citus and, measured at
+// scrape time, the outbox backlog and the age of its oldest unpublished event.
 type collector struct {
 	r                       *Relay
 	leader, backlog, oldest *prometheus.Desc
-	published               *prometheus.Desc
+	published, slicesHeld   *prometheus.Desc
 }
 
 // Collector returns the relay's Prometheus collector.
@@ -22,6 +22,8 @@ func (r *Relay) Collector() prometheus.Collector {
 		backlog:   prometheus.NewDesc("tally_outbox_backlog", "Events not yet acknowledged by JetStream.", nil, nil),
 		oldest:    prometheus.NewDesc("tally_outbox_oldest_age_seconds", "Age of the oldest event not yet acknowledged by JetStream.", nil, nil),
 		published: prometheus.NewDesc("tally_relay_published_total", "Events this relay published and JetStream acknowledged.", nil, nil),
+		slicesHeld: prometheus.NewDesc("tally_relay_slices_held",
+			"On Citus, how many of the outbox's slices this relay publishes; 0 on one PostgreSQL.", nil, nil),
 	}
 }
 
@@ -30,6 +32,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.backlog
 	ch <- c.oldest
 	ch <- c.published
+	ch <- c.slicesHeld
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -39,6 +42,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, leader)
 	ch <- prometheus.MustNewConstMetric(c.published, prometheus.CounterValue, float64(c.r.Published.Load()))
+	ch <- prometheus.MustNewConstMetric(c.slicesHeld, prometheus.GaugeValue, float64(c.r.SlicesHeld()))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, age, err := c.r.backlog(ctx)
