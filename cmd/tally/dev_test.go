@@ -138,6 +138,17 @@ func postmasterPID(t *testing.T, cluster string) int {
 	return pid
 }
 
+// killNode kills the PostgreSQL running in cluster whole, as a lost machine or container
+// dies: its postmaster and every backend at once (a process group of their own). After a
+// SIGQUIT, PostgreSQL's immediate shutdown, the postmaster now and then outlived 30s when the
+// test ran after the load tests. It returns the postmaster's pid, the group's id.
+func killNode(t *testing.T, cluster string) int {
+	t.Helper()
+	pid := postmasterPID(t, cluster)
+	require.NoError(t, syscall.Kill(-pid, syscall.SIGKILL))
+	return pid
+}
+
 func TestDevStartsPrivatePostgresWithDemoData(t *testing.T) {
 	t.Parallel()
 	dataDir := filepath.Join(reachableTempDir(t), ".data")
@@ -160,12 +171,12 @@ func TestDevStartsPrivatePostgresWithDemoData(t *testing.T) {
 
 	t.Run("PostgreSQL dying is an error", func(t *testing.T) {
 		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir})
-		require.NoError(t, syscall.Kill(postmasterPID(t, cluster), syscall.SIGQUIT))
+		killNode(t, cluster)
 		select {
 		case <-d.done:
 			require.ErrorContains(t, d.err, "PostgreSQL stopped unexpectedly")
 		case <-time.After(30 * time.Second):
-			t.Fatal("tally dev kept running without its database")
+			t.Fatalf("tally dev kept running without its database\nstderr: %s\ngoroutines: %s", d.stderr, goroutines())
 		}
 	})
 }
@@ -284,13 +295,9 @@ func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
 		require.NoError(t, d.stop(t))
 	})
 
-	// The node dies whole, as a lost machine or container does: its postmaster and every
-	// backend at once (a process group of their own). After a SIGQUIT, PostgreSQL's immediate
-	// shutdown, the postmaster now and then outlived 30s when the test ran after the load tests.
 	t.Run("a worker dying is an error", func(t *testing.T) {
 		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir}, "--citus")
-		worker := postmasterPID(t, clusters["worker2"])
-		require.NoError(t, syscall.Kill(-worker, syscall.SIGKILL))
+		worker := killNode(t, clusters["worker2"])
 		select {
 		case <-d.done:
 			require.ErrorContains(t, d.err, "citus worker 2")
