@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,15 +137,14 @@ func postmasterPID(t *testing.T, cluster string) int {
 	return pid
 }
 
-// killNode kills the PostgreSQL running in cluster whole, as a lost machine or container
-// dies: its postmaster and every backend at once (a process group of their own). After a
-// SIGQUIT, PostgreSQL's immediate shutdown, the postmaster now and then outlived 30s when the
-// test ran after the load tests. It returns the postmaster's pid, the group's id.
-func killNode(t *testing.T, cluster string) int {
+// killNode kills the PostgreSQL serving cluster, every process of it at once, as a lost
+// machine or container dies (devenv.KillCluster), and returns once none is left. After a
+// SIGQUIT, PostgreSQL's immediate shutdown, tally dev once in CI and once in 21 local runs
+// still waited after 30s for the worker's postmaster to exit, when the test ran after the
+// Citus load tests.
+func killNode(t *testing.T, cluster string) {
 	t.Helper()
-	pid := postmasterPID(t, cluster)
-	require.NoError(t, syscall.Kill(-pid, syscall.SIGKILL))
-	return pid
+	require.NoError(t, devenv.KillCluster(cluster))
 }
 
 func TestDevStartsPrivatePostgresWithDemoData(t *testing.T) {
@@ -297,7 +295,7 @@ func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
 
 	t.Run("a worker dying is an error", func(t *testing.T) {
 		d := startDev(t, map[string]string{"DEV_DATA_DIR": dataDir}, "--citus")
-		worker := killNode(t, clusters["worker2"])
+		killNode(t, clusters["worker2"])
 		select {
 		case <-d.done:
 			require.ErrorContains(t, d.err, "citus worker 2")
@@ -310,8 +308,6 @@ func TestDevCitusStartsClusterWithDemoData(t *testing.T) {
 				require.NoFileExists(t, filepath.Join(cluster, "postmaster.pid"), "%s still runs", node)
 			}
 		}
-		require.Eventually(t, func() bool { return errors.Is(syscall.Kill(-worker, 0), syscall.ESRCH) },
-			30*time.Second, 100*time.Millisecond, "a process of the dead worker still runs")
 	})
 }
 

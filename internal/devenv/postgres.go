@@ -395,8 +395,8 @@ func recoverPIDFile(ctx context.Context, cluster string, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 0 {
+	pid, ok := pidOf(b)
+	if !ok {
 		log.Info("removing an unreadable postmaster.pid", "file", pidFile)
 		return os.Remove(pidFile)
 	}
@@ -421,6 +421,12 @@ func recoverPIDFile(ctx context.Context, cluster string, log *slog.Logger) error
 	}
 	// A clean shutdown removes the file itself; one that was a zombie already may not have.
 	return removeIfPresent(pidFile)
+}
+
+// pidOf reads the postmaster's pid, the first line of postmaster.pid.
+func pidOf(pidFile []byte) (int, bool) {
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(pidFile), "\n", 2)[0]))
+	return pid, err == nil && pid > 0
 }
 
 // servesCluster reports whether pid is a live (not zombie) postgres whose working directory

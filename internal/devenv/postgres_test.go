@@ -2,12 +2,14 @@ package devenv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -140,6 +142,45 @@ func TestStartPostgresStopsServerLeftRunning(t *testing.T) {
 	require.NoError(t, conn.Close(ctx))
 	require.NoError(t, pg.Stop(quiet))
 	require.NoFileExists(t, filepath.Join(pg.Dir, "postmaster.pid"))
+}
+
+// Kill ends the server whole: the postmaster and its children, each of which runs in a
+// session of its own, a backend serving a client included.
+func TestKillEndsEveryProcess(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg, err := StartPostgres(ctx, filepath.Join(reachableTempDir(t), ".data"), quiet)
+	require.NoError(t, err)
+	conn, err := pgx.Connect(ctx, pg.URL)
+	require.NoError(t, err)
+	defer conn.Close(ctx) //nolint:errcheck // its server is gone
+	var backend int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend))
+	children := childrenOf(t, pg.cmd.Process.Pid)
+	require.Contains(t, children, backend)
+	require.Greater(t, len(children), 1, "a checkpointer and others run beside the backend")
+
+	require.NoError(t, pg.Kill())
+	for _, pid := range append(children, pg.cmd.Process.Pid) {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err == nil { // reaped, or a zombie nobody reaps yet
+			require.Contains(t, string(stat), ") Z ", "process %d of the killed server still runs", pid)
+		}
+	}
+}
+
+// childrenOf lists the processes whose parent is pid.
+func childrenOf(t *testing.T, pid int) []int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	require.NoError(t, err)
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		child, err := strconv.Atoi(f)
+		require.NoError(t, err)
+		pids = append(pids, child)
+	}
+	return pids
 }
 
 func TestStartNATS(t *testing.T) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -96,15 +98,58 @@ func (pg *Postgres) Promote(ctx context.Context) error {
 	})
 }
 
-// Kill ends the server and every one of its processes with SIGKILL at once, as a crash of its
+// Kill ends the server and every one of its processes with SIGKILL, as a crash of its
 // machine would: nothing is flushed or shut down cleanly. It returns once the server is gone.
 func (pg *Postgres) Kill() error {
-	// The server runs in a process group of its own (Setpgid).
-	if err := syscall.Kill(-pg.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := KillCluster(pg.Dir); err != nil {
 		return err
 	}
 	<-pg.exited
 	return nil
+}
+
+// KillCluster ends every process serving cluster with SIGKILL, as a crash of its machine
+// would, and returns once none is left. PostgreSQL's children each start a session of their
+// own (setsid), so no process group holds them all: they are found by their working
+// directory, as servesCluster does. The postmaster is stopped first, so that it starts no new
+// one meanwhile.
+func KillCluster(cluster string) error {
+	if b, err := os.ReadFile(filepath.Join(cluster, "postmaster.pid")); err == nil {
+		if pid, ok := pidOf(b); ok && servesCluster(pid, cluster) {
+			syscall.Kill(pid, syscall.SIGSTOP) //nolint:errcheck // it may have exited meanwhile
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pids, err := clusterProcesses(cluster)
+		if err != nil || len(pids) == 0 {
+			return err
+		}
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("kill PostgreSQL process %d of %s: %w", pid, cluster, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v of %s outlived SIGKILL for 30s", pids, cluster)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// clusterProcesses lists the live processes serving cluster.
+func clusterProcesses(cluster string) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && servesCluster(pid, cluster) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
 }
 
 // query runs fn on a new connection to the server's "postgres" database.
