@@ -328,12 +328,41 @@ func (b *bench) load(ctx context.Context) (*Results, []writeRecord, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("interrupted: %w", err)
 	}
+	if external != nil {
+		if err := b.settle(ctx, writes); err != nil {
+			return nil, nil, fmt.Errorf("settle: %w", err)
+		}
+	}
 	if b.cfg.writesFile != "" {
 		if err := writeLines(b.cfg.writesFile, writes); err != nil {
 			return nil, nil, err
 		}
 	}
 	return res, writes, nil
+}
+
+// settle sends every write without a final answer again, with its uid, as a client that
+// retries would, and records the answer. A --load-with command stops with writes in flight,
+// and tally finishes a batch it started whatever its client does: such a write may commit
+// after the command ended, while the audit compares its snapshot with the API. Sent again, a
+// write that took effect gets its first answer back, and one that did not takes effect now or
+// is refused; either way the audit then holds it to that answer.
+func (b *bench) settle(ctx context.Context, writes []writeRecord) error {
+	var open []int
+	for i, w := range writes {
+		if !w.acknowledged() {
+			open = append(open, i)
+		}
+	}
+	return b.parallel(ctx, len(open), func(i int) error {
+		w := &writes[open[i]]
+		// Without a final answer this time either, the write stays unknown, as before.
+		res, _, _ := b.transact(ctx, *w)
+		if res.Status == http.StatusOK || res.Status == http.StatusPaymentRequired {
+			w.Status, w.Body = res.Status, res.Body
+		}
+		return nil
+	})
 }
 
 func (b *bench) shape() string {

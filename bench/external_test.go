@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -62,6 +63,35 @@ func TestLoadWithFindsWhatItsLogDoesNotMatch(t *testing.T) {
 	require.Error(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 	require.Contains(t, stdout.String(), "FAIL acknowledged writes stored once")
 	require.Contains(t, stdout.String(), "7d2f1c4e-0000-4000-8000-000000000001")
+}
+
+// Writes the command logged without an answer are sent again before the audit: one whose
+// answer was lost after it took effect gets that answer back and takes effect once, and one
+// that never reached tally takes effect now. Either way the audit holds it to an answer, and
+// a write that commits after the command ended cannot race the audit.
+func TestLoadWithSettlesWritesWithoutAnswer(t *testing.T) {
+	t.Parallel()
+	_, err := exec.LookPath("curl")
+	require.NoError(t, err, "this test needs curl")
+	f := setup(t)
+	const lost, unsent = "7d2f1c4e-0000-4000-8000-000000000002", "7d2f1c4e-0000-4000-8000-000000000003"
+	command := `curl -sf -o /dev/null -H 'Content-Type: application/json' ` +
+		`-d '{"uid":"` + lost + `","user_id":1,"type":"DEPOSIT","amount":"1.00"}' "$TALLY_URL/v1/transaction" && ` +
+		`printf 'sent ` + lost + ` 1 DEPOSIT 1.00\nsent ` + unsent + ` 1 DEPOSIT 2.00\n' > "$TALLY_WRITES.1"`
+	var stdout, stderr bytes.Buffer
+	err = Run(context.Background(), []string{"--url", f.urls, "--database-url", f.databaseURL, "--users", "2",
+		"--workers", "2", "--verify", "--load-with", command}, &stdout, &stderr)
+	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	require.Contains(t, stdout.String(), "2 without a final answer", "what the command itself got")
+	require.Contains(t, stdout.String(), "of 0 writes without a final answer", "what the audit holds them to")
+
+	conn, err := pgx.Connect(context.Background(), f.databaseURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background()) //nolint:errcheck // read only
+	var rows int
+	require.NoError(t, conn.QueryRow(context.Background(),
+		`SELECT count(*) FROM transactions WHERE uid IN ($1, $2) AND status = 'APPLIED'`, lost, unsent).Scan(&rows))
+	require.Equal(t, 2, rows, "both writes took effect, and the audit found every balance equal to its rows")
 }
 
 func TestReadExternalLogRefusesCutLines(t *testing.T) {
